@@ -1,0 +1,283 @@
+"""Activation counting (Mu et al. 2024), reduced on the fly from forward hooks.
+
+Per condition (one language, or the parallel multilingual prompt) and per
+(layer, neuron): how many recorded positions had activation ``> 0``; per
+layer: the mean over recorded positions of the share of inhibited neurons
+(activation ``<= 0``) and of exact zeros.
+
+Two ways of choosing the recorded positions (``positions`` in config):
+
+- ``generated`` (the paper): ``model.generate`` and, at every forward call, the
+  last position only (the prompt's last token, then each new token). Batches
+  are left-padded; a sequence that has emitted EOS stops being recorded, as if
+  it had run alone with batch 1.
+- ``all``: teacher-forced over every non-padding token of each prompt, running
+  the trunk only (no LM head), as LAPE does.
+
+Memory is one batch plus ``[layers, neurons]`` accumulators.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .io import write_parquet
+from .mlp import MLPSite, activation_hooks, mlp_sites
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActivationCounts:
+    """Accumulators of one condition."""
+
+    counts: torch.Tensor  # [layers, neurons] int64: positions with act > 0
+    inhibited: torch.Tensor  # [layers] float64: sum over positions of share(act <= 0)
+    zeros: torch.Tensor  # [layers] float64: sum over positions of share(act == 0)
+    n_positions: torch.Tensor  # [layers] int64
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, sites: Sequence[MLPSite]) -> ActivationCounts:
+        n_layers, width = len(sites), max(s.size for s in sites)
+        return cls(
+            torch.zeros(n_layers, width, dtype=torch.int64),
+            torch.zeros(n_layers, dtype=torch.float64),
+            torch.zeros(n_layers, dtype=torch.float64),
+            torch.zeros(n_layers, dtype=torch.int64),
+        )
+
+    def add(self, layer: int, acts: torch.Tensor) -> None:
+        """Accumulate ``acts[N, I]``: N recorded positions of one layer."""
+        if acts.numel() == 0:
+            return
+        active = acts > 0
+        self.counts[layer, : acts.shape[-1]] += active.sum(0)
+        self.inhibited[layer] += (~active).float().mean(-1).double().sum()
+        self.zeros[layer] += (acts == 0).float().mean(-1).double().sum()
+        self.n_positions[layer] += acts.shape[0]
+
+    def count_table(self) -> pa.Table:
+        """Columns layer, index, count, n_positions (one row per neuron)."""
+        n_layers, width = self.counts.shape
+        return pa.table(
+            {
+                "layer": np.repeat(np.arange(n_layers, dtype=np.int32), width),
+                "index": np.tile(np.arange(width, dtype=np.int32), n_layers),
+                "count": self.counts.numpy().ravel(),
+                "n_positions": np.repeat(self.n_positions.numpy(), width),
+            }
+        )
+
+    def inhibition_table(self) -> pa.Table:
+        """Per layer: mean share of inhibited (<= 0) and of zero neurons."""
+        n = self.n_positions.clamp(min=1).double()
+        return pa.table(
+            {
+                "layer": np.arange(len(n), dtype=np.int32),
+                "inhibited_share": (self.inhibited / n).numpy(),
+                "zero_share": (self.zeros / n).numpy(),
+                "n_positions": self.n_positions.numpy(),
+            }
+        )
+
+
+class _Recorder:
+    """Hook state: which positions of the current forward call to record."""
+
+    def __init__(self, counts: ActivationCounts, mode: str, eos_ids: set[int]):
+        self.counts, self.mode = counts, mode
+        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.mask: torch.Tensor | None = None  # [B, T] for mode "all"
+        self.done: torch.Tensor | None = None  # [B] for mode "generated"
+        self.alive: torch.Tensor | None = None
+
+    def pre_forward(self, _module, args, kwargs) -> None:
+        """Generation: a sequence whose last input token is EOS (or pad after it) is done."""
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        if self.done is None:  # first call: the prompt
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        else:
+            self.done |= torch.isin(input_ids[:, -1], self.eos)
+        self.alive = ~self.done
+
+    def __call__(self, layer: int, acts: torch.Tensor) -> None:
+        acts = acts.detach()
+        if self.mode == "all":
+            selected = acts[self.mask]
+        else:
+            selected = acts[:, -1][self.alive]
+        self.counts.add(layer, selected.float())
+
+
+def _batches(n: int, batch_size: int) -> list[range]:
+    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+@torch.inference_mode()
+def count_activations(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    positions: str = "generated",
+    batch_size: int = 8,
+    max_new_tokens: int = 100,
+    max_length: int = 512,
+    temperature: float = 0.0,
+    seed: int = 0,
+    add_special_tokens: bool = True,
+) -> ActivationCounts:
+    """Count MLP activations of ``model`` over ``prompts`` (already formatted strings).
+
+    ``positions='generated'``: greedy (``temperature=0``) or sampled generation
+    of up to ``max_new_tokens``, recording the last position of every forward
+    call. ``positions='all'``: teacher-forced, every token of every prompt
+    (truncated to ``max_length`` tokens). ``add_special_tokens=False`` for
+    prompts that already carry them (chat-template output).
+    """
+    if positions not in ("generated", "all"):
+        raise ValueError(f"positions must be 'generated' or 'all', got {positions!r}")
+    if not prompts:
+        raise ValueError("no prompts to count activations on")
+    sites = mlp_sites(model)
+    counts = ActivationCounts.empty(sites)
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # sort by length (FACTS: matters more than batch size on CPU); results are order-free
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    torch.manual_seed(seed)
+    for rows in _batches(len(order), batch_size):
+        batch = [prompts[order[i]] for i in rows]
+        recorder = _Recorder(counts, positions, eos_ids)
+        tokenizer.padding_side = "right" if positions == "all" else "left"
+        enc = tokenizer(
+            batch,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=add_special_tokens,
+        )
+        if positions == "all":
+            recorder.mask = enc["attention_mask"].bool()
+            with activation_hooks(sites, recorder):
+                model.base_model(**enc)
+        else:
+            pre = model.register_forward_pre_hook(recorder.pre_forward, with_kwargs=True)
+            try:
+                with activation_hooks(sites, recorder):
+                    model.generate(
+                        **enc,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=temperature > 0,
+                        temperature=temperature if temperature > 0 else None,
+                        top_p=None,
+                        top_k=None,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=sorted(eos_ids) or None,
+                    )
+            finally:
+                pre.remove()
+        log.info("counted %d/%d prompts", rows.stop, len(prompts))
+    counts.info = {
+        "positions": positions,
+        "n_prompts": len(prompts),
+        "max_new_tokens": max_new_tokens if positions == "generated" else 0,
+        "temperature": temperature,
+    }
+    return counts
+
+
+def peak_neurons(counts: np.ndarray, select_proportion: float) -> np.ndarray:
+    """Boolean ``[layers, neurons]`` mask of the top ``select_proportion`` by count.
+
+    All (layer, neuron) pairs are flattened and sorted by count, descending
+    (ties broken by position, stable); the first ``ceil(p * n)`` are kept.
+    """
+    flat = counts.ravel()
+    k = int(np.ceil(select_proportion * flat.size))
+    order = np.argsort(-flat, kind="stable")[:k]
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[order] = True
+    return mask.reshape(counts.shape)
+
+
+def count_activations_to_files(
+    model_path: str,
+    condition: str,
+    corpora: Mapping[str, str],
+    settings: Mapping[str, Any],
+    counts_out: str,
+    inhibition_out: str,
+    dtype: str = "float32",
+    threads: int | None = None,
+    model_name: str = "",
+) -> ActivationCounts:
+    """Build the condition's prompts, count, and write the two Parquet tables.
+
+    ``condition`` is a language code (prompts from ``corpora[condition]``) or
+    ``'parallel'`` (aligned documents of every language in ``corpora``).
+    """
+    from .modeling import load_model
+    from .prompts import format_prompts, monolingual_prompts, parallel_prompts
+
+    s = settings
+    if condition == "parallel":
+        prompts = parallel_prompts(
+            corpora,
+            s["n_prompts"],
+            s["split"],
+            s["max_prompt_chars"],
+            s["parallel_template"],
+            s["parallel_item_template"],
+        )
+    else:
+        prompts = monolingual_prompts(
+            corpora[condition],
+            s["n_prompts"],
+            s["split"],
+            s["max_prompt_chars"],
+            s["prompt_template"],
+        )
+    model, tokenizer = load_model(model_path, dtype=dtype, threads=threads)
+    prompts, chat = format_prompts(tokenizer, prompts, s["chat_template"], s["system_prompt"])
+    log.info("%s: %d prompts (chat template: %s)", condition, len(prompts), chat)
+    counts = count_activations(
+        model,
+        tokenizer,
+        prompts,
+        positions=s["positions"],
+        batch_size=s["batch_size"],
+        max_new_tokens=s["max_new_tokens"],
+        max_length=s["max_length"],
+        temperature=s["temperature"],
+        seed=s["seed"],
+        add_special_tokens=not chat,
+    )
+    meta = {
+        **counts.info,
+        "model": model_name or str(model_path),
+        "condition": condition,
+        "chat_template": chat,
+        "languages": sorted(corpora),
+    }
+    write_parquet(counts.count_table(), counts_out, metadata=meta)
+    write_parquet(counts.inhibition_table(), inhibition_out, metadata=meta)
+    log.info(
+        "%s: %d positions, mean inhibited share %.3f",
+        condition,
+        int(counts.n_positions[0]),
+        float(counts.inhibition_table()["inhibited_share"].to_numpy().mean()),
+    )
+    return counts

@@ -1,0 +1,144 @@
+"""Figures of activation counting: heatmap, inhibition, peaks (Mu et al. 2024)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .actcount import peak_neurons
+from .io import atomic_path, read_parquet
+from .languages import ISO_639_1
+
+PARALLEL = "parallel"
+
+
+def condition_label(condition: str) -> str:
+    """``'fr'`` -> ``'fr (French)'``; ``'parallel'`` -> ``'parallel (multilingual)'``."""
+    if condition == PARALLEL:
+        return "parallel (multilingual)"
+    return f"{condition} ({ISO_639_1.get(condition, condition).replace('_', ' ')})"
+
+
+def _save(fig, out: str | Path) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def _condition_style(condition: str, i: int) -> dict:
+    if condition == PARALLEL:
+        return {"color": "black", "lw": 2.6, "ls": "-", "zorder": 5}
+    return {"color": plt.cm.tab10(i % 10), "lw": 1.3, "ls": ("-", "--", ":")[i // 10 % 3]}
+
+
+def heatmap(
+    counts: Mapping[str, np.ndarray], n_positions: Mapping[str, int], model: str, out: str | Path
+) -> None:
+    """One panel per condition: layers (y, origin bottom) x neuron index (x), colour = count."""
+    n = len(counts)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (cond, c) in zip(axes.flat, counts.items(), strict=False):
+        im = ax.imshow(c, aspect="auto", origin="lower", cmap="hot", interpolation="nearest")
+        ax.set_title(
+            f"{condition_label(cond)}\n{n_positions[cond]:,} recorded positions", fontsize=10
+        )
+        ax.set_xlabel("MLP neuron index")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(0, c.shape[0], 5))
+        fig.colorbar(im, ax=ax, label="activation count (act > 0)", shrink=0.85)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(
+        f"{model}: how often each MLP neuron fires, per input condition ({n} conditions)",
+        fontsize=13,
+    )
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def inhibition(shares: Mapping[str, np.ndarray], model: str, out: str | Path) -> None:
+    """Mean share of inhibited neurons (act <= 0) per layer, one line per condition."""
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    for i, (cond, s) in enumerate(shares.items()):
+        label = f"{condition_label(cond)}: mean {100 * s.mean():.1f}%"
+        ax.plot(
+            np.arange(len(s)), 100 * s, marker="o", ms=3, label=label, **_condition_style(cond, i)
+        )
+    ax.set_xlabel("layer")
+    ax.set_ylabel("inhibited neurons (act <= 0), % of MLP neurons")
+    ax.set_title(
+        f"{model}: share of inhibited MLP neurons per layer\n(mean over recorded positions)"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(
+        fontsize=8,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        title="condition: mean over layers",
+    )
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def peaks(
+    counts: Mapping[str, np.ndarray], select_proportion: float, model: str, out: str | Path
+) -> None:
+    """Top ``select_proportion`` neurons by count: count vs rank, and kept neurons per layer."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    for i, (cond, c) in enumerate(counts.items()):
+        style = _condition_style(cond, i)
+        flat = np.sort(c.ravel())[::-1]
+        k = int(np.ceil(select_proportion * flat.size))
+        left.plot(np.arange(1, k + 1), flat[:k], label=condition_label(cond), **style)
+        per_layer = peak_neurons(c, select_proportion).sum(1)
+        right.plot(np.arange(len(per_layer)), per_layer, marker="o", ms=3, **style)
+    left.set_xlabel("rank (neurons sorted by activation count)")
+    left.set_ylabel("activation count")
+    left.set_title(f"top {100 * select_proportion:g}% neurons: count by rank")
+    left.set_xscale("log")
+    right.set_xlabel("layer")
+    right.set_ylabel("high-frequency neurons kept (count)")
+    right.set_title(f"top {100 * select_proportion:g}% neurons per layer")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"{model}: high-frequency ('peak') MLP neurons per condition", fontsize=13)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def load_counts(path: str | Path) -> tuple[np.ndarray, int]:
+    """``[layers, neurons]`` count matrix and number of recorded positions of one condition."""
+    table = read_parquet(path, ["layer", "index", "count", "n_positions"])
+    layer = table["layer"].to_numpy()
+    index = table["index"].to_numpy()
+    matrix = np.zeros((layer.max() + 1, index.max() + 1), dtype=np.int64)
+    matrix[layer, index] = table["count"].to_numpy()
+    return matrix, int(table["n_positions"].to_numpy()[0])
+
+
+def plot_activation_figures(
+    count_files: Mapping[str, str],
+    inhibition_files: Mapping[str, str],
+    model: str,
+    select_proportion: float,
+    heatmap_out: str,
+    inhibition_out: str,
+    peaks_out: str,
+) -> None:
+    """The three activation-counting figures of one model from the per-condition tables."""
+    loaded = {cond: load_counts(path) for cond, path in count_files.items()}
+    counts = {cond: m for cond, (m, _) in loaded.items()}
+    shares = {
+        cond: read_parquet(path, ["inhibited_share"])["inhibited_share"].to_numpy()
+        for cond, path in inhibition_files.items()
+    }
+    heatmap(counts, {cond: n for cond, (_, n) in loaded.items()}, model, heatmap_out)
+    inhibition(shares, model, inhibition_out)
+    peaks(counts, select_proportion, model, peaks_out)

@@ -1,0 +1,100 @@
+"""Prompts for activation counting: monolingual and parallel multilingual (PiM).
+
+Documents are chosen by a hash of their ``doc_id``, not by file position, so
+aligned documents (the same ``doc_id`` in several languages, as in the bundled
+corpus) come out in the same order in every language: the monolingual
+conditions and the parallel condition see the same content where it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .corpus import load_corpus
+from .languages import language_name
+
+
+def _rank(doc_id: str) -> bytes:
+    return hashlib.blake2b(doc_id.encode(), digest_size=8).digest()
+
+
+def _documents(path: str | Path, split: str, max_chars: int) -> dict[str, str]:
+    table = load_corpus(path, split)
+    return {
+        d: t
+        for d, t in zip(
+            table.column("doc_id").to_pylist(), table.column("text").to_pylist(), strict=True
+        )
+        if len(t) <= max_chars
+    }
+
+
+def monolingual_prompts(
+    corpus: str | Path,
+    n: int,
+    split: str = "eval",
+    max_chars: int = 400,
+    template: str = "{text}",
+) -> list[str]:
+    """``n`` documents of one language (at most ``max_chars`` long), in hash order."""
+    docs = _documents(corpus, split, max_chars)
+    if not docs:
+        raise ValueError(f"{corpus}: no {split} document of at most {max_chars} characters")
+    chosen = sorted(docs, key=_rank)[:n]
+    return [template.format(text=docs[d]) for d in chosen]
+
+
+def parallel_prompts(
+    corpora: Mapping[str, str | Path],
+    n: int,
+    split: str = "eval",
+    max_chars: int = 400,
+    template: str = "{items}",
+    item_template: str = "{language}: {text}",
+    separator: str = "\n",
+) -> list[str]:
+    """``n`` parallel multilingual prompts: one aligned document in every language of ``corpora``.
+
+    Each prompt is ``template`` with ``{items}`` replaced by the languages'
+    ``item_template`` lines joined by ``separator`` (languages in the given order).
+    """
+    docs = {lang: _documents(path, split, max_chars) for lang, path in corpora.items()}
+    shared = set.intersection(*(set(d) for d in docs.values()))
+    if not shared:
+        raise ValueError(
+            f"no {split} document is aligned across all of {sorted(corpora)} "
+            "(same doc_id in each language): the parallel condition needs parallel data"
+        )
+    prompts = []
+    for doc_id in sorted(shared, key=_rank)[:n]:
+        items = [
+            item_template.format(language=language_name(lang), lang=lang, text=docs[lang][doc_id])
+            for lang in corpora
+        ]
+        prompts.append(template.format(items=separator.join(items)))
+    return prompts
+
+
+def format_prompts(
+    tokenizer, prompts: Sequence[str], chat_template: str = "auto", system_prompt: str = ""
+) -> tuple[list[str], bool]:
+    """Apply the tokenizer's chat template (``auto``: when it has one; ``always``; ``never``).
+
+    Returns the formatted prompts and whether the chat template was used (the
+    formatted strings then already contain the special tokens).
+    """
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if chat_template == "always" and not has:
+        raise ValueError("chat_template: always, but the tokenizer has no chat template")
+    if chat_template == "never" or not has:
+        return list(prompts), False
+    out = []
+    for p in prompts:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": p})
+        out.append(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    return out, True

@@ -1,0 +1,1 @@
+"""Thin rule scripts: read the ``snakemake`` object, call the library, write outputs."""

@@ -1,0 +1,8 @@
+import torch
+
+from workflow_scripts.steps._step import run, threads
+from workflow_scripts.tiny import pretrain
+
+sm = snakemake
+torch.set_num_threads(threads(sm))
+run(sm, lambda: pretrain(sm.params.corpora, sm.params.spec, sm.output[0]))
