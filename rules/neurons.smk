@@ -12,7 +12,7 @@ def actcount_corpora(wildcards):
 
 
 ACTCOUNT_KEYS = (
-    "positions n_prompts max_prompt_chars split max_new_tokens max_length batch_size "
+    "positions n_prompts max_prompt_chars prompt_prefix split max_new_tokens max_length batch_size "
     "temperature seed chat_template system_prompt prompt_template"
 ).split()
 PARALLEL_KEYS = ["parallel_languages", "parallel_template", "parallel_item_template"]

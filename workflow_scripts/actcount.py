@@ -241,6 +241,7 @@ def count_activations_to_files(
             s["max_prompt_chars"],
             s["parallel_template"],
             s["parallel_item_template"],
+            prefix_fraction=s["prompt_prefix"],
         )
     else:
         prompts = monolingual_prompts(
@@ -249,6 +250,7 @@ def count_activations_to_files(
             s["split"],
             s["max_prompt_chars"],
             s["prompt_template"],
+            prefix_fraction=s["prompt_prefix"],
         )
     model, tokenizer = load_model(model_path, dtype=dtype, threads=threads)
     prompts, chat = format_prompts(tokenizer, prompts, s["chat_template"], s["system_prompt"])

@@ -16,6 +16,19 @@ from .corpus import load_corpus
 from .languages import language_name
 
 
+def prefix(text: str, fraction: float) -> str:
+    """The first ``fraction`` of ``text``, cut at a space where the text has spaces.
+
+    Base models asked to continue a whole paragraph often stop at once (EOS);
+    given its first part they continue it, as chat models answer a prompt.
+    """
+    if fraction >= 1:
+        return text
+    cut = max(1, round(len(text) * fraction))
+    space = text.rfind(" ", 0, cut + 1)
+    return text[: space if space > 0 else cut].rstrip()
+
+
 def _rank(doc_id: str) -> bytes:
     return hashlib.blake2b(doc_id.encode(), digest_size=8).digest()
 
@@ -37,13 +50,17 @@ def monolingual_prompts(
     split: str = "eval",
     max_chars: int = 400,
     template: str = "{text}",
+    prefix_fraction: float = 1.0,
 ) -> list[str]:
-    """``n`` documents of one language (at most ``max_chars`` long), in hash order."""
+    """``n`` documents of one language (at most ``max_chars`` long), in hash order.
+
+    Each prompt is the first ``prefix_fraction`` of its document (see :func:`prefix`).
+    """
     docs = _documents(corpus, split, max_chars)
     if not docs:
         raise ValueError(f"{corpus}: no {split} document of at most {max_chars} characters")
     chosen = sorted(docs, key=_rank)[:n]
-    return [template.format(text=docs[d]) for d in chosen]
+    return [template.format(text=prefix(docs[d], prefix_fraction)) for d in chosen]
 
 
 def parallel_prompts(
@@ -54,11 +71,15 @@ def parallel_prompts(
     template: str = "{items}",
     item_template: str = "{language}: {text}",
     separator: str = "\n",
+    prefix_fraction: float = 1.0,
 ) -> list[str]:
     """``n`` parallel multilingual prompts: one aligned document in every language of ``corpora``.
 
     Each prompt is ``template`` with ``{items}`` replaced by the languages'
-    ``item_template`` lines joined by ``separator`` (languages in the given order).
+    ``item_template`` lines joined by ``separator`` (languages in the given
+    order). The last language's text is cut to its first ``prefix_fraction``,
+    so the model continues it with the other languages' full text as context
+    (the monolingual condition of that language gets the same prefix).
     """
     docs = {lang: _documents(path, split, max_chars) for lang, path in corpora.items()}
     shared = set.intersection(*(set(d) for d in docs.values()))
@@ -69,8 +90,13 @@ def parallel_prompts(
         )
     prompts = []
     for doc_id in sorted(shared, key=_rank)[:n]:
+        last = list(corpora)[-1]
         items = [
-            item_template.format(language=language_name(lang), lang=lang, text=docs[lang][doc_id])
+            item_template.format(
+                language=language_name(lang),
+                lang=lang,
+                text=prefix(docs[lang][doc_id], prefix_fraction if lang == last else 1.0),
+            )
             for lang in corpora
         ]
         prompts.append(template.format(items=separator.join(items)))
