@@ -14,6 +14,13 @@ configfile: "config.yaml"
 validate(config, "resources/schemas/config.schema.yaml")
 
 
+wildcard_constraints:
+    lang="[a-z]{2}",
+    condition="[a-z]{2}|parallel",
+    model="[^/]+",
+    corpus="[^/]+",
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
@@ -22,6 +29,6 @@ include: "rules/figures.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -1,14 +1,10 @@
 """Path helpers and config look-ups shared by every rule file."""
 
-import os
 import sys
 from pathlib import Path
 
+# the library is installed (pip install -e .); this also finds it in a plain checkout
 sys.path.insert(0, workflow.basedir)
-# rule scripts import workflow_scripts: make it importable in their processes too
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [workflow.basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-)
 
 from workflow_scripts.languages import check_language
 from workflow_scripts.modeling import check_model_path, looks_local
@@ -19,13 +15,6 @@ CORPORA = config["corpora"]
 KINDS = ("path", "gguf", "tiny")
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
-
-
-wildcard_constraints:
-    lang="[a-z]{2}",
-    condition="[a-z]{2}|parallel",
-    model="[^/]+",
-    corpus="[^/]+",
 
 
 def model_spec(model):
@@ -75,6 +64,69 @@ def corpus_file(corpus, lang):
 
 def actcount_conditions():
     return config["actcount"].get("conditions", LANGS + ["parallel"])
+
+
+# --- used by data.smk ---
+def corpus_source_input(wildcards):
+    spec = CORPORA.get(wildcards.corpus)
+    if spec is None:
+        raise ValueError(
+            f"unknown corpus {wildcards.corpus!r}: configured corpora are {', '.join(CORPORA)}"
+        )
+    check_language(wildcards.lang)
+    if spec["source"] == "bundled":
+        return spec["path"]
+    if spec["source"] == "local":
+        return spec["path"].format(lang=wildcards.lang)
+    dataset = spec["dataset"]
+    return dataset if Path(dataset).exists() else []
+
+
+# --- used by models.smk ---
+def tiny_corpus_files(model):
+    """lang -> corpus file of the tiny model's own pretraining languages."""
+    spec = model_spec(model)["tiny"]
+    corpus = spec.get("corpus", corpus_of(model))
+    return {lang: corpus_file(corpus, lang) for lang in spec["languages"]}
+
+
+# --- used by neurons.smk ---
+def actcount_corpora(wildcards):
+    """lang -> corpus file the condition's prompts come from."""
+    corpus = corpus_of(wildcards.model)
+    if wildcards.condition == "parallel":
+        langs = config["actcount"]["parallel_languages"]
+    else:
+        langs = [wildcards.condition]
+    return {lang: corpus_file(corpus, lang) for lang in langs}
+
+
+ACTCOUNT_KEYS = (
+    "positions n_prompts max_prompt_chars prompt_prefix split max_new_tokens max_length batch_size "
+    "temperature seed chat_template system_prompt prompt_template"
+).split()
+PARALLEL_KEYS = ["parallel_languages", "parallel_template", "parallel_item_template"]
+
+
+def actcount_settings(wildcards):
+    """Only the settings the condition depends on (so a plot setting re-runs no counting)."""
+    keys = ACTCOUNT_KEYS + (PARALLEL_KEYS if wildcards.condition == "parallel" else [])
+    return {key: config["actcount"][key] for key in keys}
+
+
+# --- used by figures.smk ---
+def activation_files(wildcards):
+    return {
+        cond: f"results/activations/{wildcards.model}/{cond}.parquet"
+        for cond in actcount_conditions()
+    }
+
+
+def inhibition_files(wildcards):
+    return {
+        cond: f"results/activations/{wildcards.model}/{cond}.inhibition.parquet"
+        for cond in actcount_conditions()
+    }
 
 
 def all_targets():

@@ -1,20 +1,6 @@
 """Figures: one file per figure and model."""
 
 
-def activation_files(wildcards):
-    return {
-        cond: f"results/activations/{wildcards.model}/{cond}.parquet"
-        for cond in actcount_conditions()
-    }
-
-
-def inhibition_files(wildcards):
-    return {
-        cond: f"results/activations/{wildcards.model}/{cond}.inhibition.parquet"
-        for cond in actcount_conditions()
-    }
-
-
 rule plot_activations:
     input:
         counts=lambda wc: activation_files(wc).values(),
@@ -23,16 +9,18 @@ rule plot_activations:
         heatmap="results/figures/heatmap_{model}.png",
         inhibition="results/figures/inhibition_{model}.png",
         peaks="results/figures/peaks_{model}.png",
-    params:
-        conditions=actcount_conditions(),
-        select_proportion=config["actcount"]["select_proportion"],
     log:
         f"{LOGS}/plot_activations/{{model}}.log",
     benchmark:
         f"{BENCH}/plot_activations/{{model}}.tsv"
+    conda:
+        "../envs/workflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        conditions=actcount_conditions(),
+        select_proportion=config["actcount"]["select_proportion"],
     script:
         "../workflow_scripts/steps/plot_activations.py"

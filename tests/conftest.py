@@ -1,0 +1,150 @@
+"""Shared fixtures: a tiny tokenizer, tiny random models of every supported architecture,
+and a writer of small corpora in the prepared format.
+
+Nothing here downloads anything: the Hugging Face libraries are forced offline
+before they are imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Iterable, Mapping  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from workflow_scripts.corpus import CORPUS_COLUMNS, split_of  # noqa: E402
+from workflow_scripts.io import write_parquet  # noqa: E402
+from workflow_scripts.tiny import build_config, train_tokenizer  # noqa: E402
+
+BUNDLED = REPO / "resources" / "corpus" / "bundled.parquet"
+SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
+
+ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom"]
+GATED = {"qwen2": True, "llama": True, "mistral": True, "gemma3_text": True}
+# architecture id used by the tests -> (transformers model_type, extra spec)
+MODEL_CASES = {arch: (arch, {}) for arch in ARCHS}
+MODEL_CASES["qwen2_gqa"] = ("qwen2", {"num_heads": 4, "num_kv_heads": 2})
+MODEL_IDS = list(MODEL_CASES)
+
+TINY_SPEC = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 4,
+    "seq_len": 128,
+}
+
+_WORDS = {
+    "en": "the cat dog house river city people water light small green morning reads "
+    "writes runs sees likes quickly today always never under over near".split(),
+    "fr": "le chat chien maison rivière ville gens eau lumière petit vert matin lit "
+    "écrit court voit aime vite aujourd'hui toujours jamais sous sur près".split(),
+    "de": "der Hund Katze Haus Fluss Stadt Leute Wasser Licht klein grün Morgen liest "
+    "schreibt läuft sieht mag schnell heute immer nie unter über nahe".split(),
+    "ru": "кот собака дом река город люди вода свет маленький зелёный утро читает "
+    "пишет бежит видит любит быстро сегодня всегда никогда под над".split(),
+    "zh": list("猫狗房子河城市人们水光小绿早上读写跑看喜欢快今天总是从不下上近"),
+}
+
+
+def synthetic_sentences(n_per_lang: int = 60, seed: int = 0) -> dict[str, list[str]]:
+    """Short random sentences per language (deterministic)."""
+    rng = random.Random(seed)
+    out: dict[str, list[str]] = {}
+    for lang, words in _WORDS.items():
+        sep = "" if lang == "zh" else " "
+        end = "。" if lang == "zh" else "."
+        out[lang] = [
+            sep.join(rng.choice(words) for _ in range(rng.randint(4, 12))) + end
+            for _ in range(n_per_lang)
+        ]
+    return out
+
+
+@pytest.fixture(scope="session")
+def sentences() -> dict[str, list[str]]:
+    return synthetic_sentences()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(sentences):
+    texts = [s for lang in sentences.values() for s in lang]
+    return train_tokenizer(texts, 400)
+
+
+def make_model(tokenizer, arch: str = "qwen2", **spec_overrides):
+    """A random tiny model of test case ``arch`` (see MODEL_CASES), seeded, in eval mode."""
+    model_type, extra = MODEL_CASES[arch]
+    spec = {**TINY_SPEC, **extra, **spec_overrides}
+    config = build_config(model_type, tokenizer, spec)
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer) -> Callable[..., torch.nn.Module]:
+    """Factory: ``tiny_model("llama")`` -> a fresh random model (seed 0, eval mode)."""
+
+    def factory(arch: str = "qwen2", **spec_overrides):
+        return make_model(tiny_tokenizer, arch, **spec_overrides)
+
+    return factory
+
+
+def write_corpus(
+    path: str | os.PathLike,
+    docs: Iterable[str | Mapping[str, str]],
+    eval_fraction: float | None = None,
+) -> Path:
+    """Write a prepared corpus Parquet (columns doc_id, text, split, source, group_id).
+
+    ``docs``: texts (doc ids ``d0, d1 ...``, split ``eval``) or dicts with at least
+    ``text`` and optionally ``doc_id``, ``split``, ``source``, ``group_id``. With
+    ``eval_fraction`` the split is computed by :func:`split_of` of the group.
+    """
+    rows: dict[str, list[str]] = {c: [] for c in CORPUS_COLUMNS}
+    for i, doc in enumerate(docs):
+        rec = {"text": doc} if isinstance(doc, str) else dict(doc)
+        doc_id = rec.get("doc_id", f"d{i}")
+        group = rec.get("group_id", doc_id)
+        if "split" in rec:
+            split = rec["split"]
+        elif eval_fraction is not None:
+            split = split_of(group, eval_fraction)
+        else:
+            split = "eval"
+        rows["doc_id"].append(doc_id)
+        rows["text"].append(rec["text"])
+        rows["split"].append(split)
+        rows["source"].append(rec.get("source", "test"))
+        rows["group_id"].append(group)
+    path = Path(path)
+    write_parquet(rows, path)
+    return path
+
+
+@pytest.fixture
+def corpus_writer(tmp_path) -> Callable[..., Path]:
+    """``corpus_writer("fr", docs)`` -> ``tmp_path/corpus/fr.parquet`` (see :func:`write_corpus`)."""
+
+    def factory(name: str, docs, eval_fraction: float | None = None) -> Path:
+        return write_corpus(tmp_path / "corpus" / f"{name}.parquet", docs, eval_fraction)
+
+    return factory
