@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from .actcount import peak_neurons
 from .io import atomic_path, read_parquet
@@ -71,6 +72,7 @@ def inhibition(shares: Mapping[str, np.ndarray], model: str, out: str | Path) ->
             np.arange(len(s)), 100 * s, marker="o", ms=3, label=label, **_condition_style(cond, i)
         )
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("inhibited neurons (act <= 0), % of MLP neurons")
     ax.set_title(
         f"{model}: share of inhibited MLP neurons per layer\n(mean over recorded positions)"
@@ -103,6 +105,7 @@ def peaks(
     left.set_title(f"top {100 * select_proportion:g}% neurons: count by rank")
     left.set_xscale("log")
     right.set_xlabel("layer")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_ylabel("high-frequency neurons kept (count)")
     right.set_title(f"top {100 * select_proportion:g}% neurons per layer")
     for ax in (left, right):

@@ -1,0 +1,607 @@
+"""Parallel Language-specific Neuron Detection (PLND), Zhao et al. 2024 (METHODS.md section 2).
+
+The importance of a neuron N for a token is the L2 norm of the change of its
+sub-layer's output (MLP output for FFN neurons, self-attention output for
+attention neurons) when N is deactivated, i.e. its row of ``gate/up/q/k/v``
+(weight and bias) or its column of ``down/o`` is zeroed. All neurons of a batch
+are scored from ONE forward pass with hooks on the stock modules:
+
+- ``ffn`` neuron k (intermediate unit): ``|h_ffn[k]| * ||W_down[:, k]||``, with
+  ``h_ffn`` the input of the down projection (gated and plain MLPs).
+- ``o`` neuron c (input channel of ``o_proj``): ``|o_in[c]| * ||W_o[:, c]||``.
+- ``v`` neuron (kv head g, dim j; output channel ``g*head_dim + j`` of ``v_proj``):
+  ``|| sum_{h served by g} o_in[h*head_dim + j] * W_o[:, h*head_dim + j] ||``, since
+  ``o_in[h*D + j] = sum_t' A[h, t, t'] v[t', g*D + j]`` (exact, from the o_proj input).
+- ``q`` neuron (query head h, dim d; output channel ``h*D + d`` of ``q_proj``): the norm
+  over key positions of the change of head h's attention row,
+  ``|| softmax(S') - softmax(S) ||``, where ``S' = S - delta_d`` with
+  ``delta_d = q_d k_d^T * scaling`` as in the paper. Exact for rotary models: the neuron
+  is the pre-RoPE channel, so ``delta_d[t, t'] = q[t, d] * (R_t^T k_rot[t'])[d] * scaling``
+  (the key rotated back into the query's frame), and for q_norm/k_norm models (Gemma 3)
+  the change of the RMS normaliser is included exactly (``S'`` is rescaled by
+  ``rms / rms_without_d``). Computed in parallel over d (chunked to bound memory).
+- ``k`` neuron (kv head g, dim d): symmetric; it serves every query head of its group
+  (query head h uses kv head ``h // (n_heads // n_kv_heads)``), so its per-token
+  importance is the norm of the concatenation of the row changes of all those heads,
+  ``sqrt(sum_h ||softmax(S'_h) - softmax(S_h)||^2)``.
+
+Per-token importances are reduced on the fly per document over its non-pad tokens
+(:class:`NeuronScores`): ``l2`` (root of the sum of squares), ``mean`` and ``max``.
+``l2`` is the paper's ``Imp(N | c)``: the norm of the change of the whole document's
+layer output (the paper's ``x`` is the ``l x d_model`` matrix), unsquared as in
+METHODS.md (squaring is monotone: top-N sets are the same). It is the default for
+selection in the ``paper`` variant; the ``released`` variant selects by ``sum``.
+
+``released`` variant (the authors' code, METHODS.md): ``ffn`` = ``|W_up x|`` per token
+(``W_in x`` for plain MLPs), summed over tokens; Q and K share one score from the
+attention output magnitude, read here as ``q[h*D + d] = |o_in[h*D + d]|`` and
+``k[g*D + d] = sum over g's query heads of q[h*D + d]`` (equal to q without GQA);
+``v``/``o`` as in the paper. Selection by ``sum`` over tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from .mlp import UP_NAMES, MLPSite, _child, decoder_layers, mlp_sites
+
+PARTS = ("ffn", "q", "k", "v", "o")
+ATTENTION_PARTS = ("q", "k", "v", "o")
+VARIANTS = ("paper", "released")
+REDUCTIONS = ("l2", "mean", "max", "sum", "rms")
+DEFAULT_REDUCTION = {"paper": "l2", "released": "sum"}
+ATTN_NAMES = ("self_attn", "attn", "self_attention", "attention")
+FUSED_QKV_NAMES = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv")
+
+Key = tuple[int, str]  # (layer, part)
+X = TypeVar("X", torch.Tensor, Mapping)
+
+
+# --------------------------------------------------------------------------- sites
+
+
+@dataclass
+class AttentionSite:
+    """Where layer ``layer``'s attention neurons live (separate q/k/v/o projections)."""
+
+    layer: int
+    attn: nn.Module
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Module
+    q_norm: nn.Module | None  # per-head RMSNorm after q_proj (Gemma 3), else None
+    k_norm: nn.Module | None
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scaling: float  # the module's own score scale (Gemma: query_pre_attn_scalar**-0.5)
+    causal: bool = True
+    # kv head used by each query head; the stock convention (repeat_kv) is h // group
+    kv_of_head: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.kv_of_head:
+            group = self.n_heads // self.n_kv_heads
+            self.kv_of_head = tuple(h // group for h in range(self.n_heads))
+
+    def heads_of(self, g: int) -> list[int]:
+        """The query heads served by kv head ``g``."""
+        return [h for h, kv in enumerate(self.kv_of_head) if kv == g]
+
+    def heads_of_kv(self) -> torch.Tensor:
+        """``[n_kv_heads, group]`` index of the query heads served by each kv head."""
+        return torch.tensor([self.heads_of(g) for g in range(self.n_kv_heads)], dtype=torch.long)
+
+    def o_weight(self) -> torch.Tensor:
+        """``o_proj`` weight as ``[hidden, n_heads * head_dim]`` (column c = O neuron c)."""
+        return self.o.weight
+
+    def size(self, part: str) -> int:
+        """Number of neurons of ``part`` (q, k, v or o) in this layer."""
+        heads = self.n_kv_heads if part in ("k", "v") else self.n_heads
+        return heads * self.head_dim
+
+
+def _norm_eps(norm: nn.Module) -> float:
+    for name in ("eps", "variance_epsilon"):
+        if isinstance(getattr(norm, name, None), float):
+            return getattr(norm, name)
+    raise NotImplementedError(f"{type(norm).__name__}: unknown epsilon of the q/k norm")
+
+
+def attention_sites(model: nn.Module) -> list[AttentionSite]:
+    """One :class:`AttentionSite` per decoder layer (llama, qwen2, mistral, gemma3).
+
+    Raises ``NotImplementedError`` for fused q/k/v projections (GPT-2, Bloom): score
+    those models with ``parts=("ffn",)``.
+    """
+    sites = []
+    for i, block in enumerate(decoder_layers(model)):
+        attn = _child(block, ATTN_NAMES)
+        if attn is None:
+            raise ValueError(f"layer {i}: no attention module (looked for {ATTN_NAMES})")
+        projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        if any(not isinstance(p, nn.Linear) for p in projs):
+            fused = [n for n in FUSED_QKV_NAMES if hasattr(attn, n)]
+            raise NotImplementedError(
+                f"layer {i}: {type(attn).__name__} has no separate nn.Linear q_proj/k_proj/"
+                f"v_proj/o_proj (fused: {fused or 'unknown layout'}); PLND attention neurons "
+                "are supported for llama, qwen2, mistral and gemma3 only. "
+                "Score the FFN alone with parts=('ffn',)."
+            )
+        q, k, v, o = projs
+        cfg = getattr(model, "config", None)
+        head_dim = getattr(attn, "head_dim", None) or getattr(cfg, "head_dim", None)
+        if not head_dim:
+            head_dim = cfg.hidden_size // cfg.num_attention_heads
+        n_heads, n_kv = q.out_features // head_dim, k.out_features // head_dim
+        if n_heads * head_dim != q.out_features or n_kv * head_dim != k.out_features:
+            raise ValueError(f"layer {i}: q/k widths are not multiples of head_dim {head_dim}")
+        if n_heads % n_kv or v.out_features != k.out_features:
+            raise ValueError(f"layer {i}: {n_heads} query heads, {n_kv} kv heads: bad grouping")
+        scaling = getattr(attn, "scaling", None)
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        for norm in (q_norm, k_norm):
+            if norm is not None and "RMSNorm" not in type(norm).__name__:
+                raise NotImplementedError(f"layer {i}: q/k norm {type(norm).__name__}")
+        sites.append(
+            AttentionSite(
+                layer=i,
+                attn=attn,
+                q=q,
+                k=k,
+                v=v,
+                o=o,
+                q_norm=q_norm,
+                k_norm=k_norm,
+                n_heads=n_heads,
+                n_kv_heads=n_kv,
+                head_dim=head_dim,
+                scaling=float(scaling) if scaling is not None else head_dim**-0.5,
+                causal=bool(getattr(attn, "is_causal", True)),
+            )
+        )
+    return sites
+
+
+# ------------------------------------------------------------- per-token importance
+
+
+def ffn_importance(site: MLPSite, h_ffn: torch.Tensor) -> torch.Tensor:
+    """``[B, T, I]``: ``|h_ffn[k]| * ||W_down[:, k]||`` (``h_ffn`` = input of the down proj)."""
+    return h_ffn.abs() * site.down_weight().norm(dim=0).to(h_ffn.dtype)
+
+
+def o_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
+    """``[B, T, n_heads*D]``: ``|o_in[c]| * ||W_o[:, c]||`` (``o_in`` = input of o_proj)."""
+    return o_in.abs() * site.o_weight().norm(dim=0).to(o_in.dtype)
+
+
+def v_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
+    """``[B, T, n_kv*D]``: norm of the o_proj output change when v channel (g, j) is zeroed.
+
+    Channel j of kv head g reaches the output through ``o_in[h*D + j]`` of every query
+    head h it serves: the change is ``sum_h o_in[h*D+j] W_o[:, h*D+j]``, whose squared
+    norm is ``a^T G a`` with ``G`` the Gram matrix of those columns of ``W_o``.
+    """
+    bsz, seq, _ = o_in.shape
+    heads, dim = site.n_heads, site.head_dim
+    idx = site.heads_of_kv().to(o_in.device)  # [n_kv, group]
+    w = site.o_weight().to(o_in.dtype).reshape(-1, heads, dim)[:, idx]  # [hid, n_kv, G, D]
+    gram = torch.einsum("ogrd,ogsd->gdrs", w, w)  # [n_kv, D, G, G]
+    a = o_in.reshape(bsz, seq, heads, dim)[:, :, idx]  # [B, T, n_kv, G, D]
+    sq = torch.einsum("btgrd,gdrs,btgsd->btgd", a, gram, a)
+    return sq.clamp_min(0).sqrt().reshape(bsz, seq, site.n_kv_heads * dim)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rms_factor(pre: torch.Tensor, norm: nn.Module | None) -> torch.Tensor | None:
+    """``rms(x) / rms(x without channel d)`` per channel d, for an RMSNorm over head_dim."""
+    if norm is None:
+        return None
+    ms = pre.pow(2).mean(-1, keepdim=True) + _norm_eps(norm)
+    return (1 - pre.pow(2) / (pre.shape[-1] * ms)).rsqrt()
+
+
+def _additive_mask(
+    mask: object, bsz: int, seq: int, dtype: torch.dtype, device: torch.device, causal: bool
+) -> torch.Tensor:
+    """The attention mask the stock module received, as an additive ``[B, 1|H, T, T]`` bias."""
+    lowest = torch.finfo(dtype).min
+    if mask is None:  # sdpa skipped the mask: plain causal (or full) attention
+        allowed = torch.ones(seq, seq, dtype=torch.bool, device=device)
+        if causal:
+            allowed = allowed.tril()
+        allowed = allowed.expand(bsz, 1, seq, seq)
+    elif not torch.is_tensor(mask) or mask.dim() != 4:
+        raise NotImplementedError(
+            f"attention mask of type {type(mask).__name__} (shape "
+            f"{tuple(getattr(mask, 'shape', ()))}); run the model with "
+            "attn_implementation 'sdpa' or 'eager' for Q/K importance"
+        )
+    elif mask.dtype == torch.bool:
+        allowed = mask
+    else:
+        return mask[..., :seq].to(dtype).clamp_min(lowest)
+    allowed = allowed[..., :seq]
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, lowest)
+
+
+@dataclass
+class AttentionState:
+    """One layer's attention internals, recomputed from its inputs (heads on dim 1)."""
+
+    q_pre: torch.Tensor  # [B, H, T, D] q_proj output
+    q: torch.Tensor  # after q_norm (if any), before RoPE
+    q_rot: torch.Tensor  # after RoPE
+    k_pre: torch.Tensor  # [B, Hkv, T, D]
+    k: torch.Tensor
+    k_rot: torch.Tensor
+    v: torch.Tensor  # [B, Hkv, T, D]
+    cos: torch.Tensor  # [B|1, T, D]
+    sin: torch.Tensor
+    bias: torch.Tensor  # additive mask [B, 1|H, T, T]
+    raw: torch.Tensor  # scaled scores before the mask, [B, H, T, T]
+    probs: torch.Tensor  # softmax(raw + bias)
+
+    def o_in(self, site: AttentionSite) -> torch.Tensor:
+        """``[B, T, H*D]``: the o_proj input implied by these probabilities."""
+        kv = torch.tensor(site.kv_of_head, device=self.v.device)
+        out = self.probs @ self.v[:, kv]
+        return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def attention_state(
+    site: AttentionSite,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+    attention_mask: object,
+) -> AttentionState:
+    """Recompute q, k (pre/post norm and RoPE), v and the attention probabilities.
+
+    Uses the stock projections and norms, the rotary ``(cos, sin)`` and the mask that the
+    decoder layer passed to the attention module (bool, additive float, or ``None``).
+    """
+    if position_embeddings is None:
+        raise NotImplementedError(f"layer {site.layer}: no position_embeddings (RoPE) kwarg")
+    bsz, seq, _ = hidden_states.shape
+    dtype = _work_dtype(hidden_states.dtype)
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(bsz, seq, -1, site.head_dim).transpose(1, 2)
+
+    q_pre = heads(site.q(hidden_states))
+    k_pre = heads(site.k(hidden_states))
+    v = heads(site.v(hidden_states))
+    q = site.q_norm(q_pre) if site.q_norm is not None else q_pre
+    k = site.k_norm(k_pre) if site.k_norm is not None else k_pre
+    q_pre, k_pre, q, k, v = (t.to(dtype) for t in (q_pre, k_pre, q, k, v))
+    cos, sin = (t.to(dtype) for t in position_embeddings)
+    if cos.shape[-1] != site.head_dim:
+        raise NotImplementedError(f"layer {site.layer}: partial rotary ({cos.shape[-1]} dims)")
+    q_rot = q * cos[:, None] + _rotate_half(q) * sin[:, None]
+    k_rot = k * cos[:, None] + _rotate_half(k) * sin[:, None]
+    kv = torch.tensor(site.kv_of_head, device=k_rot.device)
+    raw = q_rot @ k_rot[:, kv].transpose(-1, -2) * site.scaling
+    bias = _additive_mask(attention_mask, bsz, seq, dtype, raw.device, site.causal)
+    probs = torch.softmax(raw + bias, dim=-1)
+    return AttentionState(q_pre, q, q_rot, k_pre, k, k_rot, v, cos, sin, bias, raw, probs)
+
+
+def _chunks(n: int, size: int) -> Iterable[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def qk_importance(
+    site: AttentionSite,
+    st: AttentionState,
+    parts: Iterable[str] = ("q", "k"),
+    max_elements: int = 2**24,
+) -> dict[str, torch.Tensor]:
+    """Per-token Q ``[B, T, H*D]`` and K ``[B, T, n_kv*D]`` importance (see module doc).
+
+    For each head, all its dims are handled at once in chunks of ``c`` dims such that
+    ``B * c * T * T <= max_elements``.
+    """
+    parts = set(parts)
+    bsz, heads, seq, dim = st.q.shape
+    chunk = max(1, min(dim, max_elements // max(1, bsz * seq * seq)))
+    s = site.scaling
+    q_fac, k_fac = _rms_factor(st.q_pre, site.q_norm), _rms_factor(st.k_pre, site.k_norm)
+
+    def by_dim(x: torch.Tensor) -> torch.Tensor:  # [B, T, c] -> [B, c, T]
+        return x.transpose(1, 2)
+
+    def row_change(h: int, new_raw: torch.Tensor) -> torch.Tensor:
+        """``[B, c, T]`` squared norm over keys of the change of head h's rows."""
+        bias = st.bias[:, h if st.bias.shape[1] > 1 else 0][:, None]
+        new = torch.softmax(new_raw + bias, dim=-1)
+        return (new - st.probs[:, h][:, None]).pow(2).sum(-1)
+
+    out: dict[str, torch.Tensor] = {}
+    if "q" in parts:
+        imp = st.q.new_zeros(bsz, seq, heads * dim)
+        for h in range(heads):
+            g = site.kv_of_head[h]
+            k_rot, k_rh = st.k_rot[:, g], _rotate_half(st.k_rot[:, g])
+            for dc in _chunks(dim, chunk):
+                # key t' seen from query t's frame: R_t^T k_rot[t'] (dims dc), [B, c, T, T]
+                u = (
+                    by_dim(k_rot[..., dc])[:, :, None, :] * by_dim(st.cos[..., dc])[..., None]
+                    - by_dim(k_rh[..., dc])[:, :, None, :] * by_dim(st.sin[..., dc])[..., None]
+                )
+                new_raw = st.raw[:, h][:, None] - by_dim(st.q[:, h][..., dc])[..., None] * u * s
+                if q_fac is not None:
+                    new_raw = new_raw * by_dim(q_fac[:, h][..., dc])[..., None]
+                cols = slice(h * dim + dc.start, h * dim + dc.stop)
+                imp[..., cols] = row_change(h, new_raw).sqrt().transpose(1, 2)
+        out["q"] = imp
+    if "k" in parts:
+        sq = st.k.new_zeros(bsz, seq, site.n_kv_heads * dim)
+        for h in range(heads):
+            g = site.kv_of_head[h]
+            q_rot, q_rh = st.q_rot[:, h], _rotate_half(st.q_rot[:, h])
+            for dc in _chunks(dim, chunk):
+                # query t seen from key t''s frame: R_t'^T q_rot[t] (dims dc), [B, c, T, T]
+                w = (
+                    by_dim(q_rot[..., dc])[..., None] * by_dim(st.cos[..., dc])[:, :, None, :]
+                    - by_dim(q_rh[..., dc])[..., None] * by_dim(st.sin[..., dc])[:, :, None, :]
+                )
+                new_raw = st.raw[:, h][:, None] - by_dim(st.k[:, g][..., dc])[:, :, None, :] * w * s
+                if k_fac is not None:
+                    new_raw = new_raw * by_dim(k_fac[:, g][..., dc])[:, :, None, :]
+                cols = slice(g * dim + dc.start, g * dim + dc.stop)
+                sq[..., cols] += row_change(h, new_raw).transpose(1, 2)
+        out["k"] = sq.sqrt()
+    return out
+
+
+def released_qk_importance(site: AttentionSite, o_in: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``released`` reading: Q = ``|o_in|`` per head dim, K = its sum over the kv group."""
+    bsz, seq, _ = o_in.shape
+    q = o_in.abs()
+    per_head = q.reshape(bsz, seq, site.n_heads, site.head_dim)
+    k = per_head[:, :, site.heads_of_kv().to(o_in.device)].sum(3)  # [B, T, n_kv, D]
+    return {"q": q, "k": k.reshape(bsz, seq, -1)}
+
+
+# ------------------------------------------------------------------ per-document scores
+
+
+@dataclass
+class NeuronScores:
+    """Per-document scores ``[B, n_neurons]`` of one (layer, part), over non-pad tokens."""
+
+    l2: torch.Tensor  # sqrt(sum_t imp_t^2): the paper's Imp(N | document)
+    mean: torch.Tensor  # mean_t imp_t
+    max: torch.Tensor  # max_t imp_t
+    n_tokens: torch.Tensor  # [B] non-pad tokens per document
+    tokens: torch.Tensor | None = None  # [B, T, n] per-token importance (0 at pads), if kept
+
+    @property
+    def sum(self) -> torch.Tensor:
+        return self.mean * self.n_tokens[:, None]
+
+    @property
+    def rms(self) -> torch.Tensor:
+        return self.l2 / self.n_tokens.clamp_min(1).sqrt()[:, None]
+
+    def get(self, reduction: str) -> torch.Tensor:
+        """The scores reduced by ``reduction`` (one of :data:`REDUCTIONS`)."""
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+        return getattr(self, reduction)
+
+
+def reduce_tokens(
+    imp: torch.Tensor, valid: torch.Tensor, keep_tokens: bool = False
+) -> NeuronScores:
+    """Reduce per-token importance ``[B, T, n]`` over the ``valid`` ``[B, T]`` tokens."""
+    imp = torch.where(valid[..., None], imp, imp.new_zeros(()))  # also drops NaN at pads
+    n_tok = valid.sum(1).to(imp.dtype)
+    return NeuronScores(
+        l2=imp.pow(2).sum(1).sqrt(),
+        mean=imp.sum(1) / n_tok.clamp_min(1)[:, None],
+        max=imp.amax(1),
+        n_tokens=n_tok,
+        tokens=imp if keep_tokens else None,
+    )
+
+
+def _check_o_in(
+    site: AttentionSite, st: AttentionState, o_in: torch.Tensor, valid: torch.Tensor
+) -> None:
+    mine, stock = st.o_in(site)[valid], o_in.to(st.probs.dtype)[valid]
+    tol = 2e-2 if o_in.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    err = (mine - stock).abs().max().item() / max(stock.abs().max().item(), 1e-12)
+    if not err <= tol:
+        raise RuntimeError(
+            f"layer {site.layer}: recomputed attention differs from the stock module "
+            f"(relative error {err:.2e} > {tol}); unsupported attention variant"
+        )
+
+
+def plnd_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    parts: Iterable[str] = PARTS,
+    variant: str = "paper",
+    layers: Iterable[int] | None = None,
+    keep_tokens: bool = False,
+    verify: bool = True,
+    max_elements: int = 2**24,
+) -> dict[Key, NeuronScores]:
+    """Importance of every neuron for each document of one batch, from one forward pass.
+
+    ``input_ids``/``attention_mask``: ``[B, T]`` (1 = token, 0 = pad; right padding keeps
+    positions identical to the unpadded documents). Returns ``{(layer, part): scores}``
+    for ``part`` in ``parts`` (``ffn, q, k, v, o``) and the selected ``layers``.
+    ``verify`` checks the recomputed attention against the stock o_proj input.
+    The model should be in eval mode; only its base model (no LM head) is run.
+    """
+    parts = tuple(dict.fromkeys(parts))
+    if bad := set(parts) - set(PARTS):
+        raise ValueError(f"unknown parts {sorted(bad)}; expected a subset of {PARTS}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown plnd variant {variant!r}; expected one of {VARIANTS}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    valid = attention_mask.to(torch.bool)
+    keep = None if layers is None else set(layers)
+    results: dict[Key, NeuronScores] = {}
+
+    def store(layer: int, part: str, imp: torch.Tensor) -> None:
+        results[(layer, part)] = reduce_tokens(imp, valid.to(imp.device), keep_tokens)
+
+    handles = []
+
+    def ffn_hook(site: MLPSite) -> Callable:
+        if variant == "paper":
+            return lambda _m, args: store(site.layer, "ffn", ffn_importance(site, args[0]))
+        return lambda _m, _args, output: store(site.layer, "ffn", output.abs())
+
+    def o_in_hook(site: AttentionSite, cache: dict[int, torch.Tensor]) -> Callable:
+        def hook(_module, args):
+            o_in = args[0]
+            cache[site.layer] = o_in
+            if "o" in parts:
+                store(site.layer, "o", o_importance(site, o_in))
+            if "v" in parts:
+                store(site.layer, "v", v_importance(site, o_in))
+            if variant == "released":
+                for part, imp in released_qk_importance(site, o_in).items():
+                    if part in parts:
+                        store(site.layer, part, imp)
+
+        return hook
+
+    def attn_hook(site: AttentionSite, cache: dict[int, torch.Tensor]) -> Callable:
+        def hook(_module, args, kwargs, _output):
+            # stock signature: (hidden_states, position_embeddings, attention_mask, ...)
+            names = ("hidden_states", "position_embeddings", "attention_mask")
+            named = dict(zip(names, args[:3], strict=False))
+            named.update(kwargs)
+            x = named["hidden_states"]
+            st = attention_state(
+                site, x, named.get("position_embeddings"), named.get("attention_mask")
+            )
+            if verify:
+                _check_o_in(site, st, cache.pop(site.layer), valid.to(x.device))
+            qk = [p for p in ("q", "k") if p in parts]
+            for part, imp in qk_importance(site, st, qk, max_elements).items():
+                store(site.layer, part, imp)
+
+        return hook
+
+    try:
+        if "ffn" in parts:
+            for site in mlp_sites(model):
+                if keep is not None and site.layer not in keep:
+                    continue
+                if variant == "paper":
+                    handles.append(site.down.register_forward_pre_hook(ffn_hook(site)))
+                else:
+                    up = _child(site.mlp, UP_NAMES) if site.gated else site.first
+                    handles.append(up.register_forward_hook(ffn_hook(site)))
+        if any(p in ATTENTION_PARTS for p in parts):
+            o_cache: dict[int, torch.Tensor] = {}
+            for site in attention_sites(model):
+                if keep is not None and site.layer not in keep:
+                    continue
+                handles.append(site.o.register_forward_pre_hook(o_in_hook(site, o_cache)))
+                if variant == "paper" and ("q" in parts or "k" in parts):
+                    handles.append(
+                        site.attn.register_forward_hook(attn_hook(site, o_cache), with_kwargs=True)
+                    )
+        base = getattr(model, "base_model", model)
+        with torch.no_grad():
+            base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return results
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _map(fn: Callable[..., torch.Tensor], x: X, *rest: X) -> X:
+    """Apply ``fn`` to a tensor, or key by key to mappings of tensors."""
+    if isinstance(x, Mapping):
+        return {key: fn(x[key], *(r[key] for r in rest)) for key in x}
+    return fn(x, *rest)
+
+
+def important(x: X, epsilon: float | None = None, top_n: int | None = None) -> X:
+    """Boolean mask of important neurons per document, shape as ``x`` (``[..., n]``).
+
+    Exactly one of ``epsilon`` (``score >= epsilon``, the paper's criterion) or ``top_n``
+    (the ``top_n`` highest scores along the last axis, i.e. per document and per
+    (layer, part) when given one site's ``[B, n]`` scores).
+    """
+    if (epsilon is None) == (top_n is None):
+        raise ValueError("give exactly one of epsilon and top_n")
+
+    def one(scores: torch.Tensor) -> torch.Tensor:
+        if epsilon is not None:
+            return scores >= epsilon
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        k = min(top_n, scores.shape[-1])
+        return mask.scatter_(-1, scores.topk(k, dim=-1).indices, True) if k > 0 else mask
+
+    return _map(one, x)
+
+
+def important_counts(
+    scores: Mapping[Key, NeuronScores],
+    reduction: str = "l2",
+    epsilon: float | None = None,
+    top_n: int | None = None,
+) -> dict[Key, torch.Tensor]:
+    """Per (layer, part): in how many documents of the batch each neuron is important."""
+    return {key: important(s.get(reduction), epsilon, top_n).sum(0) for key, s in scores.items()}
+
+
+def language_specific(frequency: X, n_docs: int, min_fraction: float = 1.0) -> X:
+    """Neurons important in at least ``min_fraction`` of the ``n_docs`` documents of a language.
+
+    ``min_fraction=1.0`` is the paper's intersection over all documents.
+    """
+    if n_docs <= 0 or not 0 < min_fraction <= 1:
+        raise ValueError(f"need n_docs > 0 and 0 < min_fraction <= 1 ({n_docs}, {min_fraction})")
+    need = math.ceil(min_fraction * n_docs - 1e-9)
+    return _map(lambda f: f >= need, frequency)
+
+
+def language_agnostic(sets_by_lang: Mapping[str, X]) -> X:
+    """Neurons in the set of every language (intersection)."""
+    if not sets_by_lang:
+        raise ValueError("no languages")
+    sets = list(sets_by_lang.values())
+    out = sets[0]
+    for other in sets[1:]:
+        out = _map(torch.logical_and, out, other)
+    return out
+
+
+def specific_minus_agnostic(specific: X, agnostic: X) -> X:
+    """Language-specific neurons that are not language-agnostic."""
+    return _map(lambda s, a: s & ~a, specific, agnostic)
