@@ -40,7 +40,8 @@ def models_of_kind(kind):
 def model_dir(model):
     """Directory (or hub id) the model is loaded from."""
     if model_kind(model) == "path":
-        return model_spec(model)["path"]
+        path = model_spec(model)["path"]
+        return str(Path(path).expanduser()) if looks_local(path) else path
     return f"results/models/{model}"
 
 

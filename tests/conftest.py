@@ -7,6 +7,8 @@ before they are imported.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -20,6 +22,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+# Tiny models: one thread is fastest, and much faster than two when another job
+# keeps a core busy (intra-op threads then wait on each other at every op).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -96,6 +103,55 @@ def make_model(tokenizer, arch: str = "qwen2", **spec_overrides):
 
     model = AutoModelForCausalLM.from_config(config)
     return model.eval()
+
+
+def direct_activation(model_type: str, mlp: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Neuron activations of one MLP computed from its input ``h`` and its raw weights.
+
+    Independent of :mod:`workflow_scripts.mlp`: gated MLPs ``act(h @ W_gate^T)``
+    (SiLU; GELU-tanh for Gemma 3), GPT-2 ``gelu_new(h @ W_fc + b)`` (Conv1D weight
+    is ``[in, out]``), Bloom ``gelu_tanh(h @ W^T + b)``.
+    """
+    if model_type == "gpt2":
+        pre = h @ mlp.c_fc.weight + mlp.c_fc.bias
+        return 0.5 * pre * (1 + torch.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3)))
+    if model_type == "bloom":
+        lin = mlp.dense_h_to_4h
+        return F.gelu(h @ lin.weight.T + lin.bias, approximate="tanh")
+    gate = mlp.gate_proj
+    pre = h @ gate.weight.T
+    if gate.bias is not None:
+        pre = pre + gate.bias
+    if model_type.startswith("gemma"):
+        return F.gelu(pre, approximate="tanh")
+    return F.silu(pre)
+
+
+@contextlib.contextmanager
+def direct_capture(model: torch.nn.Module):
+    """Yield ``acts``: layer -> list of direct activations ``[B, T, I]``, one per forward.
+
+    Hooks only the MLP modules' *inputs* (own forward pre-hooks) and computes the
+    activation from the weights with :func:`direct_activation`.
+    """
+    from workflow_scripts.mlp import decoder_layers
+
+    model_type = model.config.model_type
+    acts: dict[int, list[torch.Tensor]] = {}
+    handles = []
+    for i, block in enumerate(decoder_layers(model)):
+        mlp = block.mlp
+
+        def hook(_m, args, layer=i, mlp=mlp):
+            with torch.no_grad():
+                acts.setdefault(layer, []).append(direct_activation(model_type, mlp, args[0]))
+
+        handles.append(mlp.register_forward_pre_hook(hook))
+    try:
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @pytest.fixture

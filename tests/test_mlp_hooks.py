@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import GATED, MODEL_CASES, MODEL_IDS
+from conftest import GATED, MODEL_CASES, MODEL_IDS, direct_activation
 
 from workflow_scripts.mlp import activation_hooks, decoder_layers, mlp_sites
 
@@ -21,18 +18,7 @@ def _expected_width(model_id: str) -> int:
 
 def _direct_activation(model_type: str, site, h: torch.Tensor) -> torch.Tensor:
     """The neuron activation computed from the MLP input ``h`` and the raw weights."""
-    if model_type == "gpt2":  # Conv1D: weight [in, out]
-        pre = h @ site.mlp.c_fc.weight + site.mlp.c_fc.bias
-        return 0.5 * pre * (1 + torch.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3)))
-    if model_type == "bloom":
-        lin = site.mlp.dense_h_to_4h
-        pre = h @ lin.weight.T + lin.bias
-        return F.gelu(pre, approximate="tanh")
-    gate = site.mlp.gate_proj
-    pre = h @ gate.weight.T + (gate.bias if gate.bias is not None else 0)
-    if model_type == "gemma3_text":  # hidden_activation gelu_pytorch_tanh
-        return F.gelu(pre, approximate="tanh")
-    return F.silu(pre)
+    return direct_activation(model_type, site.mlp, h)
 
 
 def _inputs(tokenizer):

@@ -148,6 +148,10 @@ def count_activations(
         raise ValueError("no prompts to count activations on")
     sites = mlp_sites(model)
     counts = ActivationCounts.empty(sites)
+    n_new = max_new_tokens if positions == "generated" else 0
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and limit > n_new:  # never index past a learned position table (GPT-2)
+        max_length = min(max_length, limit - n_new)
     eos = tokenizer.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
@@ -160,11 +164,11 @@ def count_activations(
     for rows in _batches(len(order), batch_size):
         batch = [prompts[order[i]] for i in rows]
         recorder = _Recorder(counts, positions, eos_ids)
-        tokenizer.padding_side = "right" if positions == "all" else "left"
         enc = tokenizer(
             batch,
             return_tensors="pt",
             padding=True,
+            padding_side="right" if positions == "all" else "left",
             truncation=True,
             max_length=max_length,
             add_special_tokens=add_special_tokens,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .io import read_parquet, write_parquet
@@ -60,9 +61,9 @@ def clean(
     """
     seen: set[bytes] = set()
     kept = 0
+    if max_docs is not None and max_docs <= 0:
+        return
     for rec in records:
-        if max_docs is not None and kept >= max_docs:
-            return
         text = _SPACE.sub(" ", rec["text"] or "").strip()
         if not min_chars <= len(text) <= max_chars:
             continue
@@ -72,6 +73,8 @@ def clean(
         seen.add(key)
         kept += 1
         yield {**rec, "text": text}
+        if max_docs is not None and kept >= max_docs:
+            return
 
 
 def read_bundled(spec: dict[str, Any], lang: str) -> Iterator[dict[str, str]]:
@@ -84,7 +87,7 @@ def read_bundled(spec: dict[str, Any], lang: str) -> Iterator[dict[str, str]]:
             f"language {lang!r} is not in the bundled corpus {path} "
             f"(it has: {', '.join(sorted(langs))})"
         )
-    table = table.filter(pa.compute.equal(table.column("lang"), lang))
+    table = table.filter(pc.equal(table.column("lang"), lang))
     for row in table.to_pylist():
         yield {
             "doc_id": row["item_id"],
@@ -189,7 +192,7 @@ def load_corpus(path: str | Path, split: str | None = None) -> pa.Table:
     """Read a prepared corpus file, optionally one split only; fails clearly if empty."""
     table = read_parquet(path, CORPUS_COLUMNS)
     if split is not None:
-        table = table.filter(pa.compute.equal(table.column("split"), split))
+        table = table.filter(pc.equal(table.column("split"), split))
     if table.num_rows == 0:
         raise ValueError(f"{path}: no documents{f' in split {split!r}' if split else ''}")
     return table

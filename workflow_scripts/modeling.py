@@ -39,13 +39,15 @@ def load_model(path: str | Path, dtype: str = "float32", threads: int | None = N
     """Load ``(model, tokenizer)`` in eval mode from a hub id or local directory."""
     path = str(path)
     check_model_path(path)
+    if looks_local(path):
+        path = str(Path(path).expanduser())
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise OSError(f"could not load model {path!r}: {err}") from err
     model.eval()
     log.info("loaded %s (%s) in %.1f s", path, type(model).__name__, time.time() - t0)

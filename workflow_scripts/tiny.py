@@ -29,7 +29,6 @@ from .io import atomic_path
 log = logging.getLogger(__name__)
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-TRAINING_KEYS = ("steps", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "seed")
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -57,7 +56,8 @@ def build_config(architecture: str, tokenizer, spec: Mapping[str, Any]):
         "hidden_size": spec["hidden_size"],
         "num_hidden_layers": spec["num_layers"],
         "num_attention_heads": spec["num_heads"],
-        "max_position_embeddings": spec["seq_len"],
+        # room for prompts + generation beyond the training length (GPT-2 has a fixed table)
+        "max_position_embeddings": max(spec["seq_len"], 2048),
     }
     if architecture == "gpt2":
         sizes["n_inner"] = spec["intermediate_size"]

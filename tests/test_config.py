@@ -1,0 +1,207 @@
+"""Config schema (defaults, clear errors) and the workflow's own checks via the CLI."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BUNDLED, REPO, SCHEMA
+from snakemake.utils import validate
+
+from workflow_scripts.languages import ISO_639_1, check_language, language_name
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def _validate(cfg):
+    validate(cfg, str(SCHEMA))
+    return cfg
+
+
+def test_repo_config_is_valid_and_defaults_are_filled(config):
+    cfg = _validate(copy.deepcopy(config))
+    act = cfg["actcount"]
+    assert act["n_prompts"] == config["actcount"]["n_prompts"]  # given values kept
+    assert act["select_proportion"] == 0.2
+    assert act["batch_size"] == 8 and act["split"] == "eval" and act["chat_template"] == "auto"
+    assert act["prompt_prefix"] == 0.5
+    corpus = cfg["corpora"]["bundled"]
+    assert corpus["min_chars"] == 20 and corpus["max_docs"] == 20000
+    assert corpus["eval_fraction"] == 0.1
+    for model in cfg["models"].values():
+        assert model["dtype"] == "float32"
+        assert set(model["resources"]) == {"threads", "mem_mb", "runtime", "gpu", "gpu_model"}
+    assert cfg["models"]["gemma"]["resources"]["mem_mb"] == 8000  # given value kept
+    tiny = cfg["models"]["qwen"]["tiny"]
+    assert tiny["warmup"] == 0.05 and tiny["weight_decay"] == 0.01
+    assert tiny["languages"] == ["en", "de", "fr", "es", "ru", "zh", "vi", "ar", "ko", "ja"]
+
+
+def test_minimal_config_gets_every_default():
+    cfg = _validate(
+        {
+            "languages": ["en"],
+            "corpora": {"c": {"source": "bundled", "path": "x.parquet"}},
+            "models": {"m": {"corpus": "c", "path": "org/name"}},
+        }
+    )
+    assert cfg["actcount"]["positions"] == "generated"
+    assert cfg["actcount"]["parallel_languages"] == ["en", "de", "fr", "es", "ru", "zh"]
+    assert cfg["models"]["m"]["resources"]["threads"] == 8
+
+
+def _mutated(config, fn):
+    cfg = copy.deepcopy(config)
+    fn(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["actcount"].update(n_prompts="ten"), ["'ten' is not of type 'integer'"]),
+        (lambda c: c["actcount"].update(n_prompt=3), ["'n_prompt' was unexpected"]),
+        (lambda c: c.update(langauges=["en"]), ["'langauges' was unexpected"]),
+        (
+            lambda c: c["models"]["gemma"].update(path="google/gemma-3-270m"),
+            ["valid under each of", "'gguf'", "'path'"],
+        ),
+        (lambda c: c["models"]["qwen"].pop("tiny"), ["is not valid under any of"]),
+        (lambda c: c["languages"].append("EN"), ["'EN' does not match"]),
+        (lambda c: c["languages"].append("eng"), ["'eng' does not match"]),
+        (
+            lambda c: c["actcount"].update(parallel_languages=["en", "French"]),
+            ["'French' does not match"],
+        ),
+        (lambda c: c["actcount"].update(positions="last"), ["'last' is not one of"]),
+        (lambda c: c["corpora"]["bundled"].update(source="s3"), ["'s3' is not one of"]),
+        (lambda c: c["models"]["qwen"]["tiny"].update(vocab_size=10), ["10 is less than"]),
+        (lambda c: c["languages"].append("en"), ["has non-unique elements"]),
+    ],
+)
+def test_invalid_config_names_the_culprit(config, mutate, expected):
+    cfg = _mutated(config, mutate)
+    with pytest.raises(Exception, match="Error validating config file") as err:
+        _validate(cfg)
+    for text in expected:
+        assert text in str(err.value), str(err.value)[:500]
+
+
+def test_language_codes():
+    assert check_language("fr") == "fr"
+    assert language_name("zh") == "Chinese"
+    assert language_name("nb") == "Norwegian Bokmal"
+    assert len(ISO_639_1) > 180
+    with pytest.raises(ValueError, match="unknown language code 'xx'"):
+        check_language("xx")
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+TINY = {
+    "architecture": "qwen2",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_layers": 2,
+    "vocab_size": 500,
+    "steps": 20,
+    "seq_len": 32,
+    "batch_size": 4,
+    "languages": ["en", "fr"],
+}
+
+
+def _cli_config(**changes):
+    cfg = {
+        "languages": ["en", "fr"],
+        "corpora": {"bundled": {"source": "bundled", "path": str(BUNDLED)}},
+        "models": {"tq": {"corpus": "bundled", "tiny": dict(TINY)}},
+        "actcount": {"parallel_languages": ["fr", "en"]},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def snakemake_cli(tmp_path: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:
+    """``snakemake -n`` of the repo's Snakefile in a scratch working directory."""
+    cfg_file = tmp_path / "test_config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "-n",
+        "--cores",
+        "1",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path / "work"),
+        "--configfile",
+        str(cfg_file),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def _output(proc):
+    return proc.stdout + proc.stderr
+
+
+def test_cli_valid_config_dry_run(tmp_path):
+    proc = snakemake_cli(tmp_path, _cli_config())
+    out = _output(proc)
+    assert proc.returncode == 0, out
+    assert "pretrain_tiny" in out and "count_activations" in out
+    assert not (tmp_path / "work" / "results").exists(), "a dry run writes no results"
+
+
+def test_cli_unknown_language(tmp_path):
+    proc = snakemake_cli(tmp_path, _cli_config(languages=["en", "xx"]))
+    assert proc.returncode != 0
+    assert "unknown language code 'xx'" in _output(proc)
+
+
+def test_cli_unknown_parallel_language(tmp_path):
+    proc = snakemake_cli(tmp_path, _cli_config(actcount={"parallel_languages": ["en", "qq"]}))
+    assert proc.returncode != 0
+    assert "'qq'" in _output(proc)
+
+
+def test_cli_schema_error(tmp_path):
+    proc = snakemake_cli(tmp_path, _cli_config(actcount={"n_prompts": "ten"}))
+    assert proc.returncode != 0
+    out = _output(proc)
+    assert "'ten' is not of type 'integer'" in out and "n_prompts" in out
+
+
+def test_cli_unknown_model_in_target(tmp_path):
+    proc = snakemake_cli(tmp_path, _cli_config(), "results/figures/heatmap_nope.png")
+    assert proc.returncode != 0
+    assert "unknown model 'nope'" in _output(proc)
+
+
+def test_cli_missing_model_path(tmp_path):
+    missing = str(tmp_path / "no" / "such" / "model")
+    models = {
+        "tq": {"corpus": "bundled", "tiny": dict(TINY)},
+        "ext": {"corpus": "bundled", "path": missing},
+    }
+    proc = snakemake_cli(tmp_path, _cli_config(models=models))
+    assert proc.returncode != 0
+    assert missing in _output(proc)
+
+
+def test_cli_model_with_unknown_corpus(tmp_path):
+    models = {"tq": {"corpus": "wiki", "tiny": dict(TINY)}}
+    proc = snakemake_cli(tmp_path, _cli_config(models=models))
+    assert proc.returncode != 0
+    assert "corpus 'wiki' is not a key under corpora" in _output(proc)

@@ -1,0 +1,204 @@
+"""End to end: a real ``snakemake --cores 2`` run of the repo's Snakefile in a scratch
+directory, with two tiny models pretrained on three languages of the bundled corpus."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import BUNDLED, REPO
+
+pytestmark = pytest.mark.slow
+
+PNG = b"\x89PNG\r\n\x1a\n"
+MODELS = ("tq", "tg")
+CONDITIONS = ("en", "fr", "zh", "parallel")
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "vocab_size": 500,
+    "steps": 20,
+    "seq_len": 32,
+    "batch_size": 4,
+    "languages": ["en", "fr", "zh"],
+}
+TARGETS = [f"results/figures/heatmap_{m}.png" for m in MODELS]
+
+
+def e2e_config(languages=("en", "fr", "zh")) -> dict:
+    return {
+        "languages": list(languages),
+        "corpora": {"bundled": {"source": "bundled", "path": str(BUNDLED)}},
+        "models": {
+            "tq": {
+                "corpus": "bundled",
+                "tiny": {"architecture": "qwen2", **TINY},
+                "resources": {"threads": 1},
+            },
+            "tg": {
+                "corpus": "bundled",
+                "tiny": {"architecture": "gpt2", **TINY},
+                "resources": {"threads": 1},
+            },
+        },
+        "actcount": {
+            "parallel_languages": ["fr", "zh", "en"],
+            "n_prompts": 4,
+            "max_new_tokens": 8,
+        },
+    }
+
+
+def run_snakemake(workdir: Path, cfg: dict, *args: str, timeout: int = 1500):
+    cfg_file = workdir.parent / f"{workdir.name}.config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "--cores",
+        "2",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg_file),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir.parent)
+    return proc, proc.stdout + proc.stderr
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake (dry) run as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    stats = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        stats[parts[0]] = int(parts[1])
+    stats.pop("total", None)
+    return stats
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e") / "work"
+    proc, out = run_snakemake(workdir, e2e_config(), *TARGETS)
+    return workdir, proc, out
+
+
+def test_run_succeeds(workflow_run):
+    _, proc, out = workflow_run
+    assert proc.returncode == 0, out[-5000:]
+
+
+def test_figures_are_png(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    for model in MODELS:
+        for fig in ("heatmap", "inhibition", "peaks"):
+            path = workdir / "results" / "figures" / f"{fig}_{model}.png"
+            assert path.read_bytes()[:8] == PNG, path
+            assert path.stat().st_size > 5000
+
+
+def test_activation_tables(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    for model in MODELS:
+        for cond in CONDITIONS:
+            base = workdir / "results" / "activations" / model
+            counts = pq.read_table(base / f"{cond}.parquet")
+            assert counts.column_names == ["layer", "index", "count", "n_positions"]
+            assert counts.num_rows == 2 * 64
+            n = counts["n_positions"].to_pylist()
+            # generated positions: at most n_prompts x max_new_tokens
+            assert 4 <= n[0] <= 4 * 8 and len(set(n)) == 1
+            assert max(counts["count"].to_pylist()) <= n[0]
+            inhibition = pq.read_table(base / f"{cond}.inhibition.parquet")
+            assert inhibition.column_names == [
+                "layer",
+                "inhibited_share",
+                "zero_share",
+                "n_positions",
+            ]
+            assert inhibition.num_rows == 2
+            assert all(0 <= s <= 1 for s in inhibition["inhibited_share"].to_pylist())
+            info = pq.read_schema(base / f"{cond}.parquet").metadata[b"info"]
+            assert f'"condition": "{cond}"'.encode() in info
+    corpus = pq.read_table(workdir / "results" / "corpus" / "bundled" / "fr.parquet")
+    assert corpus.column_names == ["doc_id", "text", "split", "source", "group_id"]
+    assert (workdir / "results" / "models" / "tq" / "training.json").exists()
+    assert (workdir / "results" / "models" / "tg" / "config.json").exists()
+
+
+def test_logs_and_benchmarks(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    res = workdir / "results"
+    expected = [
+        "prepare_corpus/bundled/en",
+        "prepare_corpus/bundled/zh",
+        "pretrain_tiny/tq",
+        "pretrain_tiny/tg",
+        "count_activations/tq/parallel",
+        "count_activations/tg/fr",
+        "plot_activations/tq",
+        "plot_activations/tg",
+    ]
+    for job in expected:
+        assert (res / "logs" / f"{job}.log").exists(), job
+        bench = res / "benchmarks" / f"{job}.tsv"
+        assert bench.read_text().startswith("s\t"), job
+    assert "loss" in (res / "logs" / "pretrain_tiny" / "tq.log").read_text()
+
+
+def test_second_run_has_nothing_to_do(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    proc2, out2 = run_snakemake(workdir, e2e_config(), *TARGETS, "-n")
+    assert proc2.returncode == 0, out2
+    assert "Nothing to be done" in out2
+
+
+def test_adding_a_language_reruns_only_that_language(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    cfg = e2e_config(languages=("en", "fr", "zh", "ja"))
+    proc2, out2 = run_snakemake(workdir, cfg, *TARGETS, "-n")
+    assert proc2.returncode == 0, out2
+    assert job_stats(out2) == {"prepare_corpus": 1, "count_activations": 2, "plot_activations": 2}
+    assert "pretrain_tiny" not in out2
+    prepared = re.findall(r"output: (results/corpus/\S+)", out2)
+    assert prepared == ["results/corpus/bundled/ja.parquet"]
+    counted = sorted(re.findall(r"output: results/activations/(\w+)/(\w+)\.parquet", out2))
+    assert counted == [("tg", "ja"), ("tq", "ja")]
+
+
+def test_empty_corpus_fails_clearly(tmp_path):
+    for lang in ("en", "fr"):
+        (tmp_path / f"{lang}.txt").write_text("too short\ntiny line\nno\n", encoding="utf-8")
+    cfg = e2e_config(languages=("en", "fr"))
+    cfg["corpora"] = {
+        "shortdocs": {"source": "local", "path": str(tmp_path / "{lang}.txt"), "min_chars": 50}
+    }
+    for spec in cfg["models"].values():
+        spec["corpus"] = "shortdocs"
+    workdir = tmp_path / "work"
+    target = "results/corpus/shortdocs/en.parquet"
+    proc, out = run_snakemake(workdir, cfg, target, timeout=300)
+    assert proc.returncode != 0
+    assert "corpus 'shortdocs', language 'en'" in out, out[-3000:]
+    assert not (workdir / target).exists()
+    assert not list((workdir / "results" / "corpus" / "shortdocs").glob("*.parquet"))
