@@ -16,6 +16,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Iterable, Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -23,6 +24,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import yaml  # noqa: E402
 
 # Tiny models: one thread is fastest, and much faster than two when another job
 # keeps a core busy (intra-op threads then wait on each other at every op).
@@ -204,3 +206,25 @@ def corpus_writer(tmp_path) -> Callable[..., Path]:
         return write_corpus(tmp_path / "corpus" / f"{name}.parquet", docs, eval_fraction)
 
     return factory
+
+
+def run_snakemake(workdir: Path, cfg: dict, *args: str, timeout: int = 1500):
+    """Run the repo's Snakefile in ``workdir`` with config ``cfg``; ``(process, output)``."""
+    cfg_file = workdir.parent / f"{workdir.name}.config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "--cores",
+        "2",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg_file),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir.parent)
+    return proc, proc.stdout + proc.stderr

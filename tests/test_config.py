@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BUNDLED, REPO, SCHEMA
+from conftest import BUNDLED, REPO, SCHEMA, run_snakemake
 from snakemake.utils import validate
 
 from workflow_scripts.languages import ISO_639_1, check_language, language_name
@@ -132,24 +131,9 @@ def _cli_config(**changes):
 
 def snakemake_cli(tmp_path: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:
     """``snakemake -n`` of the repo's Snakefile in a scratch working directory."""
-    cfg_file = tmp_path / "test_config.yaml"
-    cfg_file.write_text(yaml.safe_dump(cfg))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-        "-n",
-        "--cores",
-        "1",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path / "work"),
-        "--configfile",
-        str(cfg_file),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    (tmp_path / "work").mkdir(exist_ok=True)
+    proc, _ = run_snakemake(tmp_path / "work", cfg, *args, "-n", timeout=300)
+    return proc
 
 
 def _output(proc):

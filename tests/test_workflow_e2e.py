@@ -4,14 +4,10 @@ directory, with two tiny models pretrained on three languages of the bundled cor
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import BUNDLED, REPO
+from conftest import BUNDLED, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -55,27 +51,6 @@ def e2e_config(languages=("en", "fr", "zh")) -> dict:
             "max_new_tokens": 8,
         },
     }
-
-
-def run_snakemake(workdir: Path, cfg: dict, *args: str, timeout: int = 1500):
-    cfg_file = workdir.parent / f"{workdir.name}.config.yaml"
-    cfg_file.write_text(yaml.safe_dump(cfg))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-        "--cores",
-        "2",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(cfg_file),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir.parent)
-    return proc, proc.stdout + proc.stderr
 
 
 def job_stats(output: str) -> dict[str, int]:
