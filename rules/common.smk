@@ -6,6 +6,10 @@ from pathlib import Path
 # the library is installed (pip install -e .); this also finds it in a plain checkout
 sys.path.insert(0, workflow.basedir)
 
+import copy
+
+from snakemake.utils import validate
+
 from workflow_scripts.languages import check_language
 from workflow_scripts.modeling import check_model_path, looks_local
 
@@ -130,8 +134,64 @@ def inhibition_files(wildcards):
     }
 
 
+METHODS = ("plnd", "lape", "actcount")
+# settings each per-language statistics job depends on (the rest only affect selection)
+STATS_KEYS = {
+    "plnd": "variant parts reduction top_fraction epsilon n_docs max_length batch_size split".split(),
+    "lape": "n_docs max_length batch_size split".split(),
+}
+
+
+def method_settings(model, method):
+    """Global settings of `method` with the model's overrides (validated at start-up)."""
+    return {**config[method], **model_spec(model).get(method, {})}
+
+
+def stats_settings(wildcards, method):
+    settings = method_settings(wildcards.model, method)
+    return {key: settings[key] for key in STATS_KEYS[method] if key in settings}
+
+
+def stats_files(wildcards):
+    """lang -> the per-language statistics a selection is computed from."""
+    if wildcards.method == "actcount":
+        return {
+            lang: f"results/activations/{wildcards.model}/{lang}.parquet"
+            for lang in LANGS
+        }
+    return {
+        lang: f"results/stats/{wildcards.model}/{wildcards.method}/{lang}.parquet"
+        for lang in LANGS
+    }
+
+
+def selection_settings(wildcards):
+    if wildcards.method == "actcount":
+        return {"select_proportion": config["actcount"]["select_proportion"]}
+    settings = method_settings(wildcards.model, wildcards.method)
+    if wildcards.method == "lape":
+        return {
+            "top_share": settings["top_share"],
+            "percentile": settings["percentile"],
+        }
+    return {
+        "min_fraction": settings["min_fraction"],
+        "agnostic_languages": settings.get("agnostic_languages", LANGS),
+    }
+
+
+def selection_files(model):
+    """method -> lang -> selection table of one model."""
+    return {
+        method: {
+            lang: f"results/neurons/{model}/{method}/{lang}.parquet" for lang in LANGS
+        }
+        for method in METHODS
+    }
+
+
 def all_targets():
-    figures = ["heatmap", "inhibition", "peaks"]
+    figures = ["heatmap", "inhibition", "peaks", "layers", "overlap", "logit_lens"]
     return [f"results/figures/{fig}_{model}.png" for model in MODELS for fig in figures]
 
 
@@ -143,6 +203,15 @@ for _model, _spec in MODELS.items():
         )
     if "path" in _spec:
         check_model_path(_spec["path"])
+    for _method in (
+        "plnd",
+        "lape",
+        "logit_lens",
+    ):  # per-model overrides obey the schema
+        if _method in _spec:
+            _merged = copy.deepcopy(config)
+            _merged[_method] = {**config[_method], **_spec[_method]}
+            validate(_merged, "../resources/schemas/config.schema.yaml")
 for _lang in config["actcount"]["parallel_languages"] + [
     c for c in config["actcount"].get("conditions", []) if c != "parallel"
 ]:

@@ -24,3 +24,40 @@ rule plot_activations:
         select_proportion=config["actcount"]["select_proportion"],
     script:
         "../workflow_scripts/steps/plot_activations.py"
+
+
+rule plot_neurons:
+    input:
+        selections=lambda wc: [
+            path
+            for paths in selection_files(wc.model).values()
+            for path in paths.values()
+        ],
+        logit_lens=lambda wc: [
+            f"results/logit_lens/{wc.model}/{lang}.parquet" for lang in LANGS
+        ],
+    output:
+        layers="results/figures/layers_{model}.png",
+        overlap="results/figures/overlap_{model}.png",
+        logit_lens="results/figures/logit_lens_{model}.png",
+        counts="results/tables/neurons_{model}.csv",
+        jaccard="results/tables/overlap_{model}.csv",
+    log:
+        f"{LOGS}/plot_neurons/{{model}}.log",
+    benchmark:
+        f"{BENCH}/plot_neurons/{{model}}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        tables=lambda wc: selection_files(wc.model),
+        logit_lens=lambda wc: {
+            lang: f"results/logit_lens/{wc.model}/{lang}.parquet" for lang in LANGS
+        },
+        final_norm=lambda wc: method_settings(wc.model, "logit_lens")["final_norm"],
+        stages=lambda wc: method_settings(wc.model, "plnd").get("stages"),
+    script:
+        "../workflow_scripts/steps/plot_neurons.py"

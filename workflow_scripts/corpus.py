@@ -208,3 +208,23 @@ def corpus_texts(paths: Iterable[str | Path], split: str = "train") -> Iterator[
             ):
                 if s == split:
                     yield text
+
+
+def doc_rank(doc_id: str) -> bytes:
+    """Position of a document in the corpus-independent sampling order (a hash of its id)."""
+    return hashlib.blake2b(doc_id.encode(), digest_size=8).digest()
+
+
+def documents(path: str | Path, split: str, max_chars: int | None = None) -> dict[str, str]:
+    """``doc_id -> text`` of one split, optionally only texts of at most ``max_chars``."""
+    table = load_corpus(path, split)
+    ids, texts = table.column("doc_id").to_pylist(), table.column("text").to_pylist()
+    return {
+        d: t for d, t in zip(ids, texts, strict=True) if max_chars is None or len(t) <= max_chars
+    }
+
+
+def sample_texts(path: str | Path, split: str, n: int) -> list[str]:
+    """``n`` texts of a split in hash order of their ``doc_id`` (deterministic, not positional)."""
+    docs = documents(path, split)
+    return [docs[d] for d in sorted(docs, key=doc_rank)[:n]]

@@ -38,6 +38,9 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
         tmp = Path(name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod((0o777 if is_dir else 0o666) & ~umask)  # mkstemp/mkdtemp make it private
         if is_dir and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

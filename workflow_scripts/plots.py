@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from .actcount import peak_neurons
 from .io import atomic_path, read_parquet
 from .languages import ISO_639_1
+from .neurons import count_matrix
 
 PARALLEL = "parallel"
 
@@ -118,12 +119,10 @@ def peaks(
 
 def load_counts(path: str | Path) -> tuple[np.ndarray, int]:
     """``[layers, neurons]`` count matrix and number of recorded positions of one condition."""
-    table = read_parquet(path, ["layer", "index", "count", "n_positions"])
-    layer = table["layer"].to_numpy()
-    index = table["index"].to_numpy()
-    matrix = np.zeros((layer.max() + 1, index.max() + 1), dtype=np.int64)
-    matrix[layer, index] = table["count"].to_numpy()
-    return matrix, int(table["n_positions"].to_numpy()[0])
+    counts, n_positions = count_matrix(
+        read_parquet(path, ["layer", "index", "count", "n_positions"])
+    )
+    return counts, int(n_positions[0])
 
 
 def plot_activation_figures(

@@ -8,11 +8,10 @@ conditions and the parallel condition see the same content where it exists.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .corpus import load_corpus
+from .corpus import doc_rank, documents
 from .languages import language_name
 
 
@@ -29,21 +28,6 @@ def prefix(text: str, fraction: float) -> str:
     return text[: space if space > 0 else cut].rstrip()
 
 
-def _rank(doc_id: str) -> bytes:
-    return hashlib.blake2b(doc_id.encode(), digest_size=8).digest()
-
-
-def _documents(path: str | Path, split: str, max_chars: int) -> dict[str, str]:
-    table = load_corpus(path, split)
-    return {
-        d: t
-        for d, t in zip(
-            table.column("doc_id").to_pylist(), table.column("text").to_pylist(), strict=True
-        )
-        if len(t) <= max_chars
-    }
-
-
 def monolingual_prompts(
     corpus: str | Path,
     n: int,
@@ -56,10 +40,10 @@ def monolingual_prompts(
 
     Each prompt is the first ``prefix_fraction`` of its document (see :func:`prefix`).
     """
-    docs = _documents(corpus, split, max_chars)
+    docs = documents(corpus, split, max_chars)
     if not docs:
         raise ValueError(f"{corpus}: no {split} document of at most {max_chars} characters")
-    chosen = sorted(docs, key=_rank)[:n]
+    chosen = sorted(docs, key=doc_rank)[:n]
     return [template.format(text=prefix(docs[d], prefix_fraction)) for d in chosen]
 
 
@@ -81,7 +65,7 @@ def parallel_prompts(
     so the model continues it with the other languages' full text as context
     (the monolingual condition of that language gets the same prefix).
     """
-    docs = {lang: _documents(path, split, max_chars) for lang, path in corpora.items()}
+    docs = {lang: documents(path, split, max_chars) for lang, path in corpora.items()}
     shared = set.intersection(*(set(d) for d in docs.values()))
     if not shared:
         raise ValueError(
@@ -89,7 +73,7 @@ def parallel_prompts(
             "(same doc_id in each language): the parallel condition needs parallel data"
         )
     prompts = []
-    for doc_id in sorted(shared, key=_rank)[:n]:
+    for doc_id in sorted(shared, key=doc_rank)[:n]:
         last = list(corpora)[-1]
         items = [
             item_template.format(

@@ -1,0 +1,25 @@
+from workflow_scripts.actcount import count_activations
+from workflow_scripts.corpus import sample_texts
+from workflow_scripts.io import write_parquet
+from workflow_scripts.modeling import load_model
+from workflow_scripts.steps._step import run, threads
+
+sm = snakemake
+
+
+def main() -> None:
+    s = sm.params.settings
+    texts = sample_texts(sm.input.corpus, s["split"], s["n_docs"])
+    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
+    counts = count_activations(
+        model,
+        tokenizer,
+        texts,
+        positions="all",
+        batch_size=s["batch_size"],
+        max_length=s["max_length"],
+    )
+    write_parquet(counts.count_table(), sm.output[0], metadata={"lang": sm.wildcards.lang, **s})
+
+
+run(sm, main)
