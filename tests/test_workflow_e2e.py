@@ -26,7 +26,8 @@ TINY = {
     "batch_size": 4,
     "languages": ["en", "fr", "zh"],
 }
-TARGETS = [f"results/figures/heatmap_{m}.png" for m in MODELS]
+TARGETS = [f"results/figures/{fig}_{m}.png" for m in MODELS for fig in ("heatmap", "layers")]
+METHODS = ("plnd", "lape", "actcount")
 
 
 def e2e_config(languages=("en", "fr", "zh")) -> dict:
@@ -43,6 +44,7 @@ def e2e_config(languages=("en", "fr", "zh")) -> dict:
                 "corpus": "bundled",
                 "tiny": {"architecture": "gpt2", **TINY},
                 "resources": {"threads": 1},
+                "plnd": {"parts": ["ffn"]},  # GPT-2's fused qkv: FFN neurons only
             },
         },
         "actcount": {
@@ -50,6 +52,9 @@ def e2e_config(languages=("en", "fr", "zh")) -> dict:
             "n_prompts": 4,
             "max_new_tokens": 8,
         },
+        "plnd": {"n_docs": 6, "max_length": 24, "min_fraction": 0.5},
+        "lape": {"n_docs": 8, "max_length": 24, "top_share": 0.05},
+        "logit_lens": {"n_docs": 3, "max_length": 16},
     }
 
 
@@ -82,7 +87,7 @@ def test_figures_are_png(workflow_run):
     workdir, proc, out = workflow_run
     assert proc.returncode == 0, out[-3000:]
     for model in MODELS:
-        for fig in ("heatmap", "inhibition", "peaks"):
+        for fig in ("heatmap", "inhibition", "peaks", "layers", "overlap", "logit_lens"):
             path = workdir / "results" / "figures" / f"{fig}_{model}.png"
             assert path.read_bytes()[:8] == PNG, path
             assert path.stat().st_size > 5000
@@ -153,12 +158,57 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
     cfg = e2e_config(languages=("en", "fr", "zh", "ja"))
     proc2, out2 = run_snakemake(workdir, cfg, *TARGETS, "-n")
     assert proc2.returncode == 0, out2
-    assert job_stats(out2) == {"prepare_corpus": 1, "count_activations": 2, "plot_activations": 2}
+    per_language = {"count_activations": 2, "plnd_stats": 2, "lape_stats": 2, "logit_lens": 2}
+    aggregates = {"plot_activations": 2, "select_neurons": 6, "plot_neurons": 2}
+    assert job_stats(out2) == {"prepare_corpus": 1, **per_language, **aggregates}
     assert "pretrain_tiny" not in out2
     prepared = re.findall(r"output: (results/corpus/\S+)", out2)
     assert prepared == ["results/corpus/bundled/ja.parquet"]
     counted = sorted(re.findall(r"output: results/activations/(\w+)/(\w+)\.parquet", out2))
     assert counted == [("tg", "ja"), ("tq", "ja")]
+    for stats in ("plnd", "lape"):
+        jobs = sorted(re.findall(rf"output: results/stats/(\w+)/{stats}/(\w+)\.parquet", out2))
+        assert jobs == [("tg", "ja"), ("tq", "ja")]
+
+
+def test_rerun_one_language_reruns_it_and_the_aggregates(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    target = "results/stats/tq/plnd/fr.parquet"
+    proc2, out2 = run_snakemake(workdir, e2e_config(), "-R", target, *TARGETS, "-n")
+    assert proc2.returncode == 0, out2
+    assert job_stats(out2) == {"plnd_stats": 1, "select_neurons": 1, "plot_neurons": 1}
+    assert f"output: {target}" in out2
+
+
+def test_changing_a_selection_parameter_reruns_only_that_selection(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    cfg = e2e_config()
+    cfg["lape"]["top_share"] = 0.1
+    proc2, out2 = run_snakemake(workdir, cfg, *TARGETS, "-n")
+    assert proc2.returncode == 0, out2
+    assert job_stats(out2) == {"select_neurons": 2, "plot_neurons": 2}
+    assert re.findall(r"wildcards: model=\w+, method=(\w+)", out2) == ["lape", "lape"]
+
+
+def test_neuron_tables(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    res = workdir / "results"
+    for model in MODELS:
+        for method in METHODS:
+            for lang in ("en", "fr", "zh"):
+                table = pq.read_table(res / "neurons" / model / method / f"{lang}.parquet")
+                assert table.column_names[:5] == ["layer", "module", "index", "score", "selected"]
+        modules = set(
+            pq.read_table(res / "neurons" / model / "plnd" / "fr.parquet")["module"].to_pylist()
+        )
+        assert modules == ({"mlp"} if model == "tg" else {"mlp", "q", "k", "v", "o"})
+        lens = pq.read_table(res / "logit_lens" / model / "zh.parquet")
+        assert set(lens["lang_of_token"].to_pylist()) == {"en", "zh", "other"}
+        assert (res / "tables" / f"neurons_{model}.csv").exists()
+        assert (res / "tables" / f"overlap_{model}.csv").exists()
 
 
 def test_empty_corpus_fails_clearly(tmp_path):
