@@ -175,7 +175,8 @@ def test_rerun_one_language_reruns_it_and_the_aggregates(workflow_run):
     workdir, proc, out = workflow_run
     assert proc.returncode == 0, out[-3000:]
     target = "results/stats/tq/plnd/fr.parquet"
-    proc2, out2 = run_snakemake(workdir, e2e_config(), "-R", target, *TARGETS, "-n")
+    # targets first: every argument after -R is a file to force
+    proc2, out2 = run_snakemake(workdir, e2e_config(), *TARGETS, "-n", "-R", target)
     assert proc2.returncode == 0, out2
     assert job_stats(out2) == {"plnd_stats": 1, "select_neurons": 1, "plot_neurons": 1}
     assert f"output: {target}" in out2
