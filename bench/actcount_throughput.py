@@ -12,55 +12,24 @@ Never run two benchmarks (or other busy jobs) at the same time on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 import torch
+from common import parser, right_padded_batches, texts_of, timed
 
 from workflow_scripts.actcount import ActivationCounts, _Recorder
-from workflow_scripts.corpus import load_corpus
 from workflow_scripts.mlp import activation_hooks, mlp_sites
 from workflow_scripts.modeling import load_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--model", default="results/models/gemma")
-    ap.add_argument("--corpus", default="resources/corpus/bundled.parquet")
-    ap.add_argument("--lang", default="en")
-    ap.add_argument("--docs", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = parser(__doc__, lang="en", docs=32, max_length=256, batch_size=8)
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
     model, tok = load_model(args.model, threads=args.threads)
-    if args.corpus.endswith("bundled.parquet"):
-        import pyarrow.compute as pc
-
-        from workflow_scripts.io import read_parquet
-
-        table = read_parquet(args.corpus)
-        texts = table.filter(pc.equal(table["lang"], args.lang))["text"].to_pylist()
-    else:
-        texts = load_corpus(args.corpus)["text"].to_pylist()
-    texts = sorted(texts[: args.docs], key=len)
-    tok.padding_side = "right"
-    batches = [
-        tok(
-            texts[i : i + args.batch_size],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=args.max_length,
-        )
-        for i in range(0, len(texts), args.batch_size)
-    ]
+    texts = texts_of(args.corpus, args.lang, args.docs)
+    batches = right_padded_batches(tok, texts, args.batch_size, args.max_length)
     n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     sites = mlp_sites(model)
 
@@ -75,12 +44,6 @@ def main() -> None:
             rec.mask = b["attention_mask"].bool()
             with activation_hooks(sites, rec):
                 model.base_model(**b)
-
-    def timed(fn) -> float:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            fn()
-        return time.perf_counter() - t0
 
     trunk()  # warm-up
     plain, hooked = [], []

@@ -23,18 +23,11 @@ import sys
 import time
 
 import torch
+from common import parser, right_padded_batches, texts_of, timed
 
-from workflow_scripts.io import read_parquet
 from workflow_scripts.mlp import mlp_sites
 from workflow_scripts.modeling import load_model
 from workflow_scripts.plnd import plnd_scores
-
-
-def texts_of(corpus: str, lang: str, n: int) -> list[str]:
-    import pyarrow.compute as pc
-
-    table = read_parquet(corpus)
-    return table.filter(pc.equal(table["lang"], lang))["text"].to_pylist()[:n]
 
 
 def memory_child(args: argparse.Namespace, n_docs: int) -> None:
@@ -60,18 +53,8 @@ def memory_child(args: argparse.Namespace, n_docs: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--model", default="results/models/gemma")
-    ap.add_argument("--corpus", default="resources/corpus/bundled.parquet")
-    ap.add_argument("--lang", default="fr")
-    ap.add_argument("--docs", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = parser(__doc__, lang="fr", docs=8, max_length=128, batch_size=4)
     ap.add_argument("--parts", nargs="+", default=["ffn", "v", "o"])
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -101,18 +84,8 @@ def main() -> None:
         return
 
     model, tok = load_model(args.model, threads=args.threads)
-    texts = sorted(texts_of(args.corpus, args.lang, args.docs), key=len)
-    batches = [
-        tok(
-            texts[i : i + args.batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-            truncation=True,
-            max_length=args.max_length,
-        )
-        for i in range(0, len(texts), args.batch_size)
-    ]
+    texts = texts_of(args.corpus, args.lang, args.docs)
+    batches = right_padded_batches(tok, texts, args.batch_size, args.max_length)
     n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
 
     def forward() -> None:
@@ -122,12 +95,6 @@ def main() -> None:
     def plnd() -> None:
         for b in batches:
             plnd_scores(model, b["input_ids"], b["attention_mask"], parts=args.parts)
-
-    def timed(fn) -> float:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            fn()
-        return time.perf_counter() - t0
 
     timed(forward)
     fwd, imp = [], []
@@ -143,16 +110,19 @@ def main() -> None:
         f"PLND importance    {n_tokens / tp:8.1f} tokens/s   ratio {tf / tp:.3f}  (target >= 0.3)"
     )
 
-    # direct definition on one layer: zero one FFN neuron, rerun that MLP, per neuron
+    # direct definition: zero one FFN neuron, rerun its MLP; timed on a sample, extrapolated
+    def plnd_ffn() -> None:
+        for b in batches:
+            plnd_scores(model, b["input_ids"], b["attention_mask"], parts=("ffn",))
+
+    t_ffn = statistics.median(timed(plnd_ffn) for _ in range(args.rounds))
     site = mlp_sites(model)[0]
     captured = {}
     handle = site.mlp.register_forward_pre_hook(lambda _m, a: captured.__setitem__("x", a[0]))
     with torch.inference_mode():
         model.base_model(**batches[0])
     handle.remove()
-    x = captured["x"]
-    sample = 16
-    w = site.down.weight
+    x, w, sample = captured["x"], site.down.weight, 16
     t0 = time.perf_counter()
     with torch.inference_mode():
         base = site.mlp(x)
@@ -165,9 +135,9 @@ def main() -> None:
     n_neurons = sum(s.size for s in mlp_sites(model))
     direct_total = per_neuron * n_neurons * len(batches)
     print(
-        f"direct zeroing     {per_neuron * 1e3:.1f} ms per FFN neuron and batch -> "
-        f"{direct_total:.0f} s for all {n_neurons} FFN neurons over {len(batches)} batches; "
-        f"PLND did all parts in {tp:.1f} s: speed-up x{direct_total / tp:.0f}"
+        f"FFN only: PLND {t_ffn:.2f} s (ratio {tf / t_ffn:.3f}); direct zeroing "
+        f"{per_neuron * 1e3:.1f} ms per neuron and batch -> {direct_total:.0f} s for "
+        f"{n_neurons} neurons x {len(batches)} batches: speed-up x{direct_total / t_ffn:.0f}"
     )
 
 

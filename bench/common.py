@@ -1,0 +1,60 @@
+"""Pieces shared by the bench scripts: arguments, texts, batches, timing."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import pyarrow.compute as pc
+import torch
+
+from workflow_scripts.io import read_parquet
+
+
+def parser(
+    doc: str, lang: str, docs: int, max_length: int, batch_size: int
+) -> argparse.ArgumentParser:
+    """Arguments every bench script takes (model, corpus, sizes, rounds, threads)."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default="results/models/gemma")
+    ap.add_argument(
+        "--corpus", default="resources/corpus/bundled.parquet", help="bundled-format Parquet"
+    )
+    ap.add_argument("--lang", default=lang)
+    ap.add_argument("--docs", type=int, default=docs)
+    ap.add_argument("--max-length", type=int, default=max_length)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    return ap
+
+
+def texts_of(corpus: str, lang: str, n: int) -> list[str]:
+    """The first ``n`` texts of ``lang`` in a bundled-format corpus, shortest first."""
+    table = read_parquet(corpus, ["lang", "text"])
+    return sorted(table.filter(pc.equal(table["lang"], lang))["text"].to_pylist()[:n], key=len)
+
+
+def right_padded_batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> list:
+    return [
+        tokenizer(
+            texts[i : i + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=max_length,
+        )
+        for i in range(0, len(texts), batch_size)
+    ]
+
+
+def timed(fn: Callable[[], None]) -> float:
+    """Seconds one call of ``fn`` takes under inference mode."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        fn()
+    return time.perf_counter() - t0
