@@ -190,8 +190,13 @@ def selection_files(model):
     }
 
 
+def eval_corpora(model):
+    """lang -> corpus file, for every evaluation language."""
+    return {lang: corpus_file(corpus_of(model), lang) for lang in LANGS}
+
+
 def all_targets():
-    figures = ["heatmap", "inhibition", "peaks", "layers", "overlap", "logit_lens"]
+    figures = ["heatmap", "inhibition", "peaks", "layers", "overlap", "logit_lens", "ablation"]
     return [f"results/figures/{fig}_{model}.png" for model in MODELS for fig in figures]
 
 

@@ -27,6 +27,7 @@ TINY = {
     "languages": ["en", "fr", "zh"],
 }
 TARGETS = [f"results/figures/{fig}_{m}.png" for m in MODELS for fig in ("heatmap", "layers")]
+TARGETS.append("results/figures/ablation_tq.png")
 METHODS = ("plnd", "lape", "actcount")
 
 
@@ -55,6 +56,7 @@ def e2e_config(languages=("en", "fr", "zh")) -> dict:
         "plnd": {"n_docs": 6, "max_length": 24, "min_fraction": 0.5},
         "lape": {"n_docs": 8, "max_length": 24, "top_share": 0.05},
         "logit_lens": {"n_docs": 3, "max_length": 16},
+        "ablation": {"n_docs": 2, "max_length": 16, "max_tokens": 24, "n_random": 1},
     }
 
 
@@ -160,7 +162,9 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
     assert proc2.returncode == 0, out2
     per_language = {"count_activations": 2, "plnd_stats": 2, "lape_stats": 2, "logit_lens": 2}
     aggregates = {"plot_activations": 2, "select_neurons": 6, "plot_neurons": 2}
-    assert job_stats(out2) == {"prepare_corpus": 1, **per_language, **aggregates}
+    # the new language is a new target and a new evaluation language of every ablation job
+    ablation = {"ablate_neurons": 12, "collect_ablation": 3, "plot_ablation": 1}
+    assert job_stats(out2) == {"prepare_corpus": 1, **per_language, **aggregates, **ablation}
     assert "pretrain_tiny" not in out2
     prepared = re.findall(r"output: (results/corpus/\S+)", out2)
     assert prepared == ["results/corpus/bundled/ja.parquet"]
@@ -178,7 +182,14 @@ def test_rerun_one_language_reruns_it_and_the_aggregates(workflow_run):
     # targets first: every argument after -R is a file to force
     proc2, out2 = run_snakemake(workdir, e2e_config(), *TARGETS, "-n", "-R", target)
     assert proc2.returncode == 0, out2
-    assert job_stats(out2) == {"plnd_stats": 1, "select_neurons": 1, "plot_neurons": 1}
+    rerun = {"plnd_stats": 1, "select_neurons": 1, "plot_neurons": 1}
+    # the French selection changes, so its ablation job and the ablation figure follow
+    assert job_stats(out2) == {
+        **rerun,
+        "ablate_neurons": 3,
+        "collect_ablation": 1,
+        "plot_ablation": 1,
+    }
     assert f"output: {target}" in out2
 
 
@@ -189,8 +200,10 @@ def test_changing_a_selection_parameter_reruns_only_that_selection(workflow_run)
     cfg["lape"]["top_share"] = 0.1
     proc2, out2 = run_snakemake(workdir, cfg, *TARGETS, "-n")
     assert proc2.returncode == 0, out2
-    assert job_stats(out2) == {"select_neurons": 2, "plot_neurons": 2}
-    assert re.findall(r"wildcards: model=\w+, method=(\w+)", out2) == ["lape", "lape"]
+    lape_ablation = {"ablate_neurons": 3, "collect_ablation": 1, "plot_ablation": 1}
+    assert job_stats(out2) == {"select_neurons": 2, "plot_neurons": 2, **lape_ablation}
+    methods = set(re.findall(r"wildcards: model=\w+, method=(\w+)", out2))
+    assert methods == {"lape"}
 
 
 def test_neuron_tables(workflow_run):
@@ -210,6 +223,21 @@ def test_neuron_tables(workflow_run):
         assert set(lens["lang_of_token"].to_pylist()) == {"en", "zh", "other"}
         assert (res / "tables" / f"neurons_{model}.csv").exists()
         assert (res / "tables" / f"overlap_{model}.csv").exists()
+    ablation = pq.read_table(res / "ablation" / "tq" / "plnd.parquet")
+    assert ablation.column_names == [
+        "setting",
+        "target_lang",
+        "eval_lang",
+        "n_units",
+        "ppl",
+        "base_ppl",
+        "seed",
+    ]
+    rows = ablation.to_pylist()
+    assert sum(r["setting"] == "base" for r in rows) == 3
+    assert sum(r["setting"] == "selected" for r in rows) == 9
+    assert sum(r["setting"] == "random" for r in rows) == 9
+    assert all(r["ppl"] > 1 for r in rows)
 
 
 def test_empty_corpus_fails_clearly(tmp_path):
