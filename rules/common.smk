@@ -1,14 +1,13 @@
 """Path helpers and config look-ups shared by every rule file."""
 
+import copy
 import sys
 from pathlib import Path
 
+from snakemake.utils import validate
+
 # the library is installed (pip install -e .); this also finds it in a plain checkout
 sys.path.insert(0, workflow.basedir)
-
-import copy
-
-from snakemake.utils import validate
 
 from workflow_scripts.languages import check_language
 from workflow_scripts.modeling import check_model_path, looks_local
@@ -196,7 +195,15 @@ def eval_corpora(model):
 
 
 def all_targets():
-    figures = ["heatmap", "inhibition", "peaks", "layers", "overlap", "logit_lens", "ablation"]
+    figures = [
+        "heatmap",
+        "inhibition",
+        "peaks",
+        "layers",
+        "overlap",
+        "logit_lens",
+        "ablation",
+    ]
     return [f"results/figures/{fig}_{model}.png" for model in MODELS for fig in figures]
 
 
