@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from workflow_scripts.actcount import count_activations
 from workflow_scripts.mlp import mlp_sites
-from workflow_scripts.modeling import convert_gguf, load_model, model_summary
+from workflow_scripts.modeling import convert_gguf, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_converted_directory(gemma_dir):
         "dtype": "float32",
         "architecture": "Gemma3ForCausalLM",
     }
-    assert model_summary(gemma_dir)["num_hidden_layers"] == 18
+    assert AutoConfig.from_pretrained(gemma_dir).num_hidden_layers == 18
 
 
 def test_reloads_with_load_model(gemma):

@@ -11,7 +11,6 @@ from workflow_scripts.modeling import (
     check_model_path,
     load_model,
     looks_local,
-    model_summary,
     resolve_gguf,
 )
 
@@ -109,11 +108,6 @@ def test_looks_local(path, local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "existing_dir" / "sub").mkdir(parents=True)
     assert looks_local(path) is local
-
-
-def test_model_summary(saved_model):
-    path, _ = saved_model
-    assert model_summary(path) == {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 32}
 
 
 def test_resolve_gguf_errors(tmp_path):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .io import atomic_path
 
@@ -104,13 +104,3 @@ def convert_gguf(source: str, out_dir: str | Path, dtype: str = "float32") -> No
         (tmp / "conversion.json").write_text(
             json.dumps({"gguf": source, "dtype": dtype, "architecture": type(model).__name__})
         )
-
-
-def model_summary(path: str | Path) -> dict:
-    """Architecture facts used in figure titles and tables (no weights loaded)."""
-    config = AutoConfig.from_pretrained(str(path))
-    return {
-        "model_type": config.model_type,
-        "num_hidden_layers": config.num_hidden_layers,
-        "hidden_size": getattr(config, "hidden_size", None),
-    }
