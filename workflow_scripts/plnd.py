@@ -341,16 +341,18 @@ def qk_importance(
             g = site.kv_of_head[h]
             k_rot, k_rh = st.k_rot[:, g], _rotate_half(st.k_rot[:, g])
             for dc in _chunks(dim, chunk):
-                # key t' seen from query t's frame: R_t^T k_rot[t'] (dims dc), [B, c, T, T]
-                u = (
-                    by_dim(k_rot[..., dc])[:, :, None, :] * by_dim(st.cos[..., dc])[..., None]
-                    - by_dim(k_rh[..., dc])[:, :, None, :] * by_dim(st.sin[..., dc])[..., None]
+                # delta[t, t'] = s q[t] (R_t^T k_rot[t'])  with  R_t^T k_rot = k_rot cos_t - k_rh sin_t
+                #              = [s q cos_t, -s q sin_t] . [k_rot[t'], k_rh[t']]: one batched matmul
+                q_d = st.q[:, h][..., dc] * s
+                rows = torch.stack(
+                    (by_dim(q_d * st.cos[..., dc]), -by_dim(q_d * st.sin[..., dc])), -1
                 )
-                new_raw = st.raw[:, h][:, None] - by_dim(st.q[:, h][..., dc])[..., None] * u * s
+                cols = torch.stack((by_dim(k_rot[..., dc]), by_dim(k_rh[..., dc])), -1)
+                new_raw = st.raw[:, h][:, None] - rows @ cols.transpose(-1, -2)
                 if q_fac is not None:
                     new_raw = new_raw * by_dim(q_fac[:, h][..., dc])[..., None]
-                cols = slice(h * dim + dc.start, h * dim + dc.stop)
-                imp[..., cols] = row_change(h, new_raw).sqrt().transpose(1, 2)
+                cols_out = slice(h * dim + dc.start, h * dim + dc.stop)
+                imp[..., cols_out] = row_change(h, new_raw).sqrt().transpose(1, 2)
         out["q"] = imp
     if "k" in parts:
         sq = st.k.new_zeros(bsz, seq, site.n_kv_heads * dim)
@@ -358,16 +360,18 @@ def qk_importance(
             g = site.kv_of_head[h]
             q_rot, q_rh = st.q_rot[:, h], _rotate_half(st.q_rot[:, h])
             for dc in _chunks(dim, chunk):
-                # query t seen from key t''s frame: R_t'^T q_rot[t] (dims dc), [B, c, T, T]
-                w = (
-                    by_dim(q_rot[..., dc])[..., None] * by_dim(st.cos[..., dc])[:, :, None, :]
-                    - by_dim(q_rh[..., dc])[..., None] * by_dim(st.sin[..., dc])[:, :, None, :]
+                # delta[t, t'] = s k[t'] (R_t'^T q_rot[t])  with  R_t'^T q_rot = q_rot cos_t' - q_rh sin_t'
+                #              = [q_rot[t], q_rh[t]] . [s k cos_t', -s k sin_t']: one batched matmul
+                k_d = st.k[:, g][..., dc] * s
+                rows = torch.stack((by_dim(q_rot[..., dc]), by_dim(q_rh[..., dc])), -1)
+                cols = torch.stack(
+                    (by_dim(k_d * st.cos[..., dc]), -by_dim(k_d * st.sin[..., dc])), -1
                 )
-                new_raw = st.raw[:, h][:, None] - by_dim(st.k[:, g][..., dc])[:, :, None, :] * w * s
+                new_raw = st.raw[:, h][:, None] - rows @ cols.transpose(-1, -2)
                 if k_fac is not None:
                     new_raw = new_raw * by_dim(k_fac[:, g][..., dc])[:, :, None, :]
-                cols = slice(g * dim + dc.start, g * dim + dc.stop)
-                sq[..., cols] += row_change(h, new_raw).transpose(1, 2)
+                cols_out = slice(g * dim + dc.start, g * dim + dc.stop)
+                sq[..., cols_out] += row_change(h, new_raw).transpose(1, 2)
         out["k"] = sq.sqrt()
     return out
 
