@@ -12,10 +12,8 @@ Never run two benchmarks (or other busy jobs) at the same time on 2 cores.
 
 from __future__ import annotations
 
-import statistics
-
 import torch
-from common import parser, right_padded_batches, texts_of, timed
+from common import alternate, parser, right_padded_batches, texts_of
 
 from workflow_scripts.actcount import ActivationCounts, _Recorder
 from workflow_scripts.mlp import activation_hooks, mlp_sites
@@ -45,12 +43,7 @@ def main() -> None:
             with activation_hooks(sites, rec):
                 model.base_model(**b)
 
-    trunk()  # warm-up
-    plain, hooked = [], []
-    for _ in range(args.rounds):
-        plain.append(timed(trunk))
-        hooked.append(timed(trunk_count))
-    tp, th = statistics.median(plain), statistics.median(hooked)
+    tp, th = alternate(trunk, trunk_count, args.rounds)
     print(
         f"model {args.model}: {len(texts)} docs, {n_tokens} tokens, batch {args.batch_size}, threads {torch.get_num_threads()}"
     )
@@ -82,11 +75,7 @@ def main() -> None:
         finally:
             pre.remove()
 
-    g_plain, g_hooked = [], []
-    for _ in range(args.rounds):
-        g_plain.append(timed(gen))
-        g_hooked.append(timed(gen_count))
-    gp, gh = statistics.median(g_plain), statistics.median(g_hooked)
+    gp, gh = alternate(gen, gen_count, args.rounds)
     n_new = args.new_tokens * len(prompts)
     print(f"generate           {n_new / gp:8.1f} new tokens/s (batch {len(prompts)})")
     print(f"generate + count   {n_new / gh:8.1f} new tokens/s   ratio {gp / gh:.3f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -58,3 +59,14 @@ def timed(fn: Callable[[], None]) -> float:
     with torch.inference_mode():
         fn()
     return time.perf_counter() - t0
+
+
+def alternate(a: Callable[[], None], b: Callable[[], None], rounds: int) -> tuple[float, float]:
+    """Median seconds of ``a`` and of ``b``, timed in alternating rounds after a warm-up of ``a``,
+    so machine noise hits both sides alike."""
+    timed(a)
+    times_a, times_b = [], []
+    for _ in range(rounds):
+        times_a.append(timed(a))
+        times_b.append(timed(b))
+    return statistics.median(times_a), statistics.median(times_b)

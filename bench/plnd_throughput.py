@@ -23,7 +23,7 @@ import sys
 import time
 
 import torch
-from common import parser, right_padded_batches, texts_of, timed
+from common import alternate, parser, right_padded_batches, texts_of, timed
 
 from workflow_scripts.mlp import mlp_sites
 from workflow_scripts.modeling import load_model
@@ -96,12 +96,7 @@ def main() -> None:
         for b in batches:
             plnd_scores(model, b["input_ids"], b["attention_mask"], parts=args.parts)
 
-    timed(forward)
-    fwd, imp = [], []
-    for _ in range(args.rounds):
-        fwd.append(timed(forward))
-        imp.append(timed(plnd))
-    tf, tp = statistics.median(fwd), statistics.median(imp)
+    tf, tp = alternate(forward, plnd, args.rounds)
     print(
         f"model {args.model}: {len(texts)} docs, {n_tokens} tokens, parts {args.parts}, threads {torch.get_num_threads()}"
     )
