@@ -38,14 +38,14 @@ def plot_ablation(tables: Mapping[str, str | Path], model: str, out: str | Path)
     selected neurons are deactivated, next to an equal-count random selection."""
     loaded = {m: read_parquet(p) for m, p in tables.items()}
     mats = {m: {s: change_matrix(t, s) for s in ("selected", "random")} for m, t in loaded.items()}
-    values = [v for m in mats.values() for (_, _, v) in m.values() if v.size]
-    finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values]) if values else []
-    lim = max(0.05, float(np.abs(finite).max())) if len(finite) else 1.0
     fig, axes = plt.subplots(
         len(mats), 2, figsize=(12, 5 * len(mats)), squeeze=False, constrained_layout=True
     )
-    image = None
     for row, (method, by_setting) in enumerate(mats.items()):
+        # one colour scale per method (a method can move PPL by orders of magnitude more)
+        finite = [v[np.isfinite(v)] for (_, _, v) in by_setting.values()]
+        finite = np.concatenate(finite) if finite else np.zeros(0)
+        lim = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
         n_units = {
             r["target_lang"]: r["n_units"]
             for r in loaded[method]
@@ -76,13 +76,10 @@ def plot_ablation(tables: Mapping[str, str | Path], model: str, out: str | Path)
             ax.set_ylabel("deactivated: language (neurons)")
             what = "its selected neurons" if setting == "selected" else "equal-count random neurons"
             ax.set_title(f"{method}: {what}", fontsize=11)
-    if image is not None:
-        fig.colorbar(
-            image, ax=axes, shrink=0.6, label="log2(PPL / base PPL)   (cell text: PPL change in %)"
-        )
+        fig.colorbar(image, ax=axes[row], shrink=0.9, label="log2(PPL / base PPL)")
     fig.suptitle(
-        f"{model}: perplexity change when a language's neurons are deactivated "
-        "(bold: own language)",
+        f"{model}: perplexity change when a language's neurons are deactivated\n"
+        "(cell text: PPL change in %; bold: own language; one colour scale per method)",
         fontsize=13,
     )
     _save(fig, out)
