@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .corpus import length_sorted_batches
 from .io import write_parquet
 from .mlp import MLPSite, activation_hooks, mlp_sites
 
@@ -117,10 +118,6 @@ class _Recorder:
         self.counts.add(layer, selected.float())
 
 
-def _batches(n: int, batch_size: int) -> list[range]:
-    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
 @torch.inference_mode()
 def count_activations(
     model: torch.nn.Module,
@@ -158,11 +155,9 @@ def count_activations(
     eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # sort by length (FACTS: matters more than batch size on CPU); results are order-free
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     torch.manual_seed(seed)
-    for rows in _batches(len(order), batch_size):
-        batch = [prompts[order[i]] for i in rows]
+    done = 0
+    for batch in length_sorted_batches(prompts, batch_size):  # results are order-free
         recorder = _Recorder(counts, positions, eos_ids)
         enc = tokenizer(
             batch,
@@ -193,7 +188,8 @@ def count_activations(
                     )
             finally:
                 pre.remove()
-        log.info("counted %d/%d prompts", rows.stop, len(prompts))
+        done += len(batch)
+        log.info("counted %d/%d prompts", done, len(prompts))
     counts.info = {
         "positions": positions,
         "n_prompts": len(prompts),
@@ -279,11 +275,12 @@ def count_activations_to_files(
         "languages": sorted(corpora),
     }
     write_parquet(counts.count_table(), counts_out, metadata=meta)
-    write_parquet(counts.inhibition_table(), inhibition_out, metadata=meta)
+    inhibition = counts.inhibition_table()
+    write_parquet(inhibition, inhibition_out, metadata=meta)
     log.info(
         "%s: %d positions, mean inhibited share %.3f",
         condition,
         int(counts.n_positions[0]),
-        float(counts.inhibition_table()["inhibited_share"].to_numpy().mean()),
+        float(inhibition["inhibited_share"].to_numpy().mean()),
     )
     return counts

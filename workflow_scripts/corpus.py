@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +228,10 @@ def sample_texts(path: str | Path, split: str, n: int) -> list[str]:
     """``n`` texts of a split in hash order of their ``doc_id`` (deterministic, not positional)."""
     docs = documents(path, split)
     return [docs[d] for d in sorted(docs, key=doc_rank)[:n]]
+
+
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[str]]:
+    """Batches of ``texts`` sorted by length (on CPU this matters more than the batch size)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for i in range(0, len(order), batch_size):
+        yield [texts[j] for j in order[i : i + batch_size]]

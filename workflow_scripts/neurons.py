@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 
 from .actcount import peak_neurons
+from .corpus import length_sorted_batches
 from .lape import lape_select
 from .plnd import plnd_scores
 
@@ -36,12 +37,6 @@ log = logging.getLogger(__name__)
 
 MODULE_OF_PART = {"ffn": "mlp", "q": "q", "k": "k", "v": "v", "o": "o"}
 SELECTION_COLUMNS = ["layer", "module", "index", "score", "selected"]
-
-
-def _batches(texts: Sequence[str], batch_size: int):
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for i in range(0, len(order), batch_size):
-        yield [texts[j] for j in order[i : i + batch_size]]
 
 
 @torch.inference_mode()
@@ -59,7 +54,7 @@ def plnd_stats(model, tokenizer, texts: Sequence[str], settings: Mapping[str, An
     freq: dict[tuple[int, str], torch.Tensor] = {}
     total: dict[tuple[int, str], torch.Tensor] = {}
     n_docs = 0
-    for batch in _batches(texts, settings["batch_size"]):
+    for batch in length_sorted_batches(texts, settings["batch_size"]):
         enc = tokenizer(
             batch,
             return_tensors="pt",
