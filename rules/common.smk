@@ -18,6 +18,8 @@ CORPORA = config["corpora"]
 KINDS = ("path", "gguf", "tiny")
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
+# resumable training state, outside any rule output (Snakemake deletes failed outputs)
+CHECKPOINTS = "results/checkpoints"
 
 
 def model_spec(model):

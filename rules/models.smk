@@ -43,5 +43,6 @@ rule pretrain_tiny:
     params:
         spec=lambda wc: model_spec(wc.model)["tiny"],
         corpora=lambda wc: tiny_corpus_files(wc.model),
+        checkpoint_dir=f"{CHECKPOINTS}/pretrain_tiny/{{model}}",
     script:
         "../workflow_scripts/steps/pretrain_tiny.py"

@@ -9,6 +9,7 @@ import torch
 from conftest import ARCHS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from workflow_scripts.checkpoints import TrainingCheckpoint
 from workflow_scripts.mlp import mlp_sites
 from workflow_scripts.tiny import build_config, language_blocks, pretrain
 
@@ -149,3 +150,42 @@ def test_pretrain_replaces_existing_output(tmp_path, two_language_corpora):
     pretrain(two_language_corpora, SPEC, out)
     assert not (out / "stale.txt").exists()
     assert (out / "config.json").exists()
+
+
+def test_pretrain_resumes_from_checkpoint(tmp_path, two_language_corpora, monkeypatch):
+    """A crash after step 5 resumes from the step-4 checkpoint and ends bit-identical."""
+    spec = {**SPEC, "steps": 6, "checkpoint_every": 2}
+    pretrain(two_language_corpora, spec, tmp_path / "ref")
+    ckpt = tmp_path / "ckpt"
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(two_language_corpora, spec, tmp_path / "out", ckpt)
+    assert not (tmp_path / "out").exists()
+    assert (ckpt / "state.pt").exists()
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    info = pretrain(two_language_corpora, spec, tmp_path / "out", ckpt)
+    assert info["resumed_at_step"] == 4
+    assert len(info["losses"]) == 6
+    assert not ckpt.exists()  # cleared once the output is written
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "ref").state_dict()
+    out = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    assert all(torch.equal(ref[k], out[k]) for k in ref)
+
+
+def test_checkpoint_of_other_settings_is_ignored(tmp_path, two_language_corpora):
+    ckpt = tmp_path / "ckpt"
+    spec = {**SPEC, "steps": 4, "checkpoint_every": 2}
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    TrainingCheckpoint(ckpt, {"spec": {**spec, "lr": 0.5}}, 2).save(2, model, opt)
+    assert TrainingCheckpoint(ckpt, {"spec": spec}, 2).restore(model, opt) == (0, {})
+    assert TrainingCheckpoint(ckpt, {"spec": {**spec, "lr": 0.5}}, 2).restore(model, opt)[0] == 2

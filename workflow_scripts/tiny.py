@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from .checkpoints import TrainingCheckpoint
 from .corpus import corpus_texts
 from .io import atomic_path
 
@@ -100,12 +101,17 @@ def language_blocks(
 
 
 def pretrain(
-    corpora: Mapping[str, str | Path], spec: Mapping[str, Any], out_dir: str | Path
+    corpora: Mapping[str, str | Path],
+    spec: Mapping[str, Any],
+    out_dir: str | Path,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict:
     """Train tokenizer and model on the train split of ``corpora`` (lang -> corpus file).
 
     Writes a Hugging Face model directory (weights, config, tokenizer) plus
-    ``training.json`` (loss curve, timings) atomically to ``out_dir``.
+    ``training.json`` (loss curve, timings) atomically to ``out_dir``. With
+    ``checkpoint_dir``, the training state is saved every
+    ``spec["checkpoint_every"]`` steps and a re-run resumes from it.
     """
     seed = spec.get("seed", 0)
     random.seed(seed)
@@ -127,10 +133,19 @@ def pretrain(
         optimizer,
         lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps))),
     )
+    checkpoint = TrainingCheckpoint(
+        checkpoint_dir or Path(out_dir).with_name(f".{Path(out_dir).name}.checkpoint"),
+        {
+            "spec": {k: v for k, v in spec.items() if k != "checkpoint_every"},
+            "corpora": sorted(map(str, corpora.values())),
+        },
+        spec.get("checkpoint_every", 100) if checkpoint_dir else 0,
+    )
+    start, extra = checkpoint.restore(model, optimizer, schedule)
+    losses = extra.get("losses", [])
     model.train()
-    losses = []
     t0 = time.time()
-    for step in range(steps):
+    for step in range(start, steps):
         idx = [(step * batch_size + j) % len(blocks) for j in range(batch_size)]
         batch = torch.stack([blocks[i] for i in idx])
         loss = model(input_ids=batch, labels=batch).loss
@@ -142,6 +157,7 @@ def pretrain(
         losses.append(round(loss.item(), 4))
         if step % 50 == 0 or step == steps - 1:
             log.info("step %d/%d loss %.3f", step + 1, steps, losses[-1])
+        checkpoint.maybe_save(step + 1, model, optimizer, schedule, {"losses": losses})
     model.eval()
     info = {
         "architecture": spec["architecture"],
@@ -151,6 +167,7 @@ def pretrain(
         "tokens_seen": steps * batch_size * spec["seq_len"],
         "tokenizer_seconds": round(t_tok, 2),
         "train_seconds": round(time.time() - t0, 2),
+        "resumed_at_step": start,
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "losses": losses,
@@ -160,6 +177,7 @@ def pretrain(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(info, indent=1))
+    checkpoint.clear()
     log.info(
         "tiny %s: %d parameters, loss %.2f -> %.2f",
         spec["architecture"],

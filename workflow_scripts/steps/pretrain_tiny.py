@@ -5,4 +5,7 @@ from workflow_scripts.tiny import pretrain
 
 sm = snakemake
 torch.set_num_threads(threads(sm))
-run(sm, lambda: pretrain(sm.params.corpora, sm.params.spec, sm.output[0]))
+run(
+    sm,
+    lambda: pretrain(sm.params.corpora, sm.params.spec, sm.output[0], sm.params.checkpoint_dir),
+)
