@@ -26,6 +26,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/neurons.smk"
 include: "rules/figures.smk"
+include: "rules/regions.smk"
 include: "rules/ablation.smk"
 
 

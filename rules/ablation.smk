@@ -30,11 +30,39 @@ rule ablate_neurons:
         "../workflow_scripts/steps/ablate_neurons.py"
 
 
+rule perturb_regions:
+    input:
+        model=model_input,
+        region="results/regions/{model}/{region}.parquet",
+        corpora=lambda wc: eval_corpora(wc.model).values(),
+    output:
+        "results/ablation/{model}/region/{region}.parquet",
+    log:
+        f"{LOGS}/perturb_regions/{{model}}/{{region}}.log",
+    benchmark:
+        f"{BENCH}/perturb_regions/{{model}}/{{region}}.tsv"
+    wildcard_constraints:
+        region="|".join(PERTURBED),
+    conda:
+        "../envs/workflow.yaml"
+    threads: lambda wc: model_resources(wc.model, "threads")
+    resources:
+        mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
+        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        gpu=lambda wc: model_resources(wc.model, "gpu"),
+    params:
+        model_path=lambda wc: model_dir(wc.model),
+        dtype=lambda wc: model_spec(wc.model)["dtype"],
+        corpora=lambda wc: eval_corpora(wc.model),
+        settings=lambda wc: method_settings(wc.model, "ablation"),
+        regions=lambda wc: perturb_settings(wc.model),
+    script:
+        "../workflow_scripts/steps/perturb_regions.py"
+
+
 rule collect_ablation:
     input:
-        lambda wc: [
-            f"results/ablation/{wc.model}/{wc.method}/{lang}.parquet" for lang in LANGS
-        ],
+        ablation_parts,
     output:
         "results/ablation/{model}/{method}.parquet",
     log:
@@ -42,7 +70,7 @@ rule collect_ablation:
     benchmark:
         f"{BENCH}/collect_ablation/{{model}}/{{method}}.tsv"
     wildcard_constraints:
-        method="|".join(METHODS),
+        method="|".join(METHODS + ("region",)),
     conda:
         "../envs/workflow.yaml"
     threads: 1

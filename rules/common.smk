@@ -196,6 +196,51 @@ def eval_corpora(model):
     return {lang: corpus_file(corpus_of(model), lang) for lang in LANGS}
 
 
+REGION_LANGS = [check_language(lang) for lang in config["regions"]["languages"]]
+REGIONS = ["top", "bottom", "random", "core"] + [
+    f"monolingual_{lang}" for lang in REGION_LANGS
+]
+# perturbed in the ablation (core is top or bottom, by the score)
+PERTURBED = ["top", "bottom", "random"] + [
+    f"monolingual_{lang}" for lang in REGION_LANGS
+]
+# settings that change a language's region scores
+SCORE_KEYS = "score n_docs max_length steps batch_size lr weight_decay trainable seed engine zero_stage".split()
+
+
+def region_settings(model):
+    return method_settings(model, "regions")
+
+
+def score_settings(model):
+    settings = region_settings(model)
+    return {key: settings[key] for key in SCORE_KEYS}
+
+
+def region_score_files(model):
+    """region language -> its score file under the model's configured score."""
+    score = region_settings(model)["score"]
+    return {
+        lang: f"results/regions/{model}/{score}/{lang}.safetensors"
+        for lang in REGION_LANGS
+    }
+
+
+def perturb_settings(model):
+    settings = region_settings(model)
+    keys = ("score", "k", "perturb", "perturb_scale", "perturb_kinds")
+    return {key: settings[key] for key in keys}
+
+
+def ablation_parts(wildcards):
+    """Per-target ablation tables of one model and method (regions: per perturbed region)."""
+    parts = PERTURBED if wildcards.method == "region" else LANGS
+    return [
+        f"results/ablation/{wildcards.model}/{wildcards.method}/{part}.parquet"
+        for part in parts
+    ]
+
+
 def all_targets():
     figures = [
         "heatmap",
@@ -205,6 +250,7 @@ def all_targets():
         "overlap",
         "logit_lens",
         "ablation",
+        "regions",
     ]
     return [f"results/figures/{fig}_{model}.png" for model in MODELS for fig in figures]
 
@@ -217,10 +263,16 @@ for _model, _spec in MODELS.items():
         )
     if "path" in _spec:
         check_model_path(_spec["path"])
+    if "languages" in _spec.get("regions", {}):
+        raise ValueError(
+            f"model {_model!r}: regions.languages is global (set it under regions:)"
+        )
     for _method in (
         "plnd",
         "lape",
         "logit_lens",
+        "ablation",
+        "regions",
     ):  # per-model overrides obey the schema
         if _method in _spec:
             _merged = copy.deepcopy(config)

@@ -34,12 +34,23 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def source_hash(*modules) -> str:
+    """A hash of the modules' source files: a checkpoint written by other code is not resumed."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class TrainingCheckpoint:
-    """Save and restore (model, optimizer, scheduler, step) in ``directory``.
+    """Save and restore (model, optimizer, scheduler, step, extra) in ``directory``.
+
+    ``model``, ``optimizer`` and ``scheduler`` may be None (accumulators without
+    optimizer steps keep their state in ``extra``).
 
     ``every`` is the number of optimizer steps between saves (0 disables
-    saving). ``settings`` identify the run; a checkpoint with other settings is
-    discarded on :meth:`restore`.
+    saving). ``settings`` identify the run (include :func:`source_hash` of the
+    training code); a checkpoint with other settings is discarded on :meth:`restore`.
     """
 
     def __init__(self, directory: str | os.PathLike, settings: Mapping[str, Any], every: int):
@@ -63,8 +74,10 @@ class TrainingCheckpoint:
         if state.get("key") != self.key:
             log.info("checkpoint %s was written under other settings: starting over", self.path)
             return 0, {}
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if model is not None:
+            model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -82,8 +95,8 @@ class TrainingCheckpoint:
         state = {
             "key": self.key,
             "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "model": model.state_dict() if model is not None else None,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": torch.get_rng_state(),
             "extra": extra or {},

@@ -57,7 +57,7 @@ def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of transformer blocks (``model.model.layers``, ``transformer.h`` ...)."""
-    n_layers = getattr(model.config, "num_hidden_layers", None)
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     best: nn.ModuleList | None = None
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from .checkpoints import TrainingCheckpoint
+from .checkpoints import TrainingCheckpoint, source_hash
 from .corpus import corpus_texts
 from .io import atomic_path
 
@@ -136,6 +137,7 @@ def pretrain(
     checkpoint = TrainingCheckpoint(
         checkpoint_dir or Path(out_dir).with_name(f".{Path(out_dir).name}.checkpoint"),
         {
+            "code": source_hash(sys.modules[__name__]),
             "spec": {k: v for k, v in spec.items() if k != "checkpoint_every"},
             "corpora": sorted(map(str, corpora.values())),
         },

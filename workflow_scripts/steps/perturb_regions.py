@@ -1,0 +1,34 @@
+from workflow_scripts.corpus import sample_texts
+from workflow_scripts.io import read_parquet, write_parquet
+from workflow_scripts.modeling import load_model
+from workflow_scripts.regions import perturbation_table
+from workflow_scripts.steps._step import run, threads
+
+sm = snakemake
+
+
+def main() -> None:
+    s, r = sm.params.settings, sm.params.regions
+    eval_texts = {
+        lang: sample_texts(path, s["split"], s["n_docs"])
+        for lang, path in sm.params.corpora.items()
+    }
+    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
+    table = perturbation_table(
+        model,
+        tokenizer,
+        sm.wildcards.region,
+        read_parquet(sm.input.region),
+        eval_texts,
+        how=r["perturb"],
+        scale=r["perturb_scale"],
+        kinds=r["perturb_kinds"],
+        seed=s["seed"],
+        max_length=s["max_length"],
+        batch_size=s["batch_size"],
+        max_tokens=s["max_tokens"],
+    )
+    write_parquet(table, sm.output[0], metadata={"method": "region", **r, **s})
+
+
+run(sm, main)
