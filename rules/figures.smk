@@ -61,3 +61,23 @@ rule plot_neurons:
         stages=lambda wc: method_settings(wc.model, "plnd").get("stages"),
     script:
         "../workflow_scripts/steps/plot_neurons.py"
+
+
+rule plot_regions:
+    input:
+        summary="results/tables/regions_{model}.csv",
+        perturbation="results/ablation/{model}/region.parquet",
+    output:
+        "results/figures/regions_{model}.png",
+    log:
+        f"{LOGS}/plot_regions/{{model}}.log",
+    benchmark:
+        f"{BENCH}/plot_regions/{{model}}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/steps/plot_regions.py"
