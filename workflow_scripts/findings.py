@@ -1,0 +1,271 @@
+"""The findings table: one row per claim of the seed papers, measured on one model.
+
+Each row gives the measured ``value``, the ``reference`` it is compared against and
+whether the claim ``holds``. A missing input leaves its claims uncomputed (``holds``
+null, ``detail`` "not computed: ..."); no number is ever filled in.
+Relative perplexity change is ``ppl / base_ppl - 1`` throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from .ablation import MATRIX_COLUMNS
+from .io import atomic_path, read_metadata, read_parquet, write_parquet
+from .neuron_plots import default_stages, selection_counts
+from .regions import IMPORTANT_END
+
+PathLike = str | Path
+COLUMNS = ["model", "claim_id", "claim", "source", "method", "measure"]
+COLUMNS += ["value", "reference", "holds", "detail"]
+SOURCES = {
+    "plnd": "Zhao et al. 2024 (PLND)",
+    "lape": "Tang et al. 2024 (LAPE)",
+    "actcount": "Mu et al. 2024",
+    "region": "Zhang et al. 2024",
+}
+CLAIMS = {  # claim_id -> (claim, how it is measured)
+    "A": (
+        "Removing a language's neurons raises its own perplexity more than other languages'.",
+        "Share of target languages whose own language has the largest relative PPL change when "
+        "their selected neurons are deactivated; holds if > 0.5 and the median own change "
+        "exceeds the median of the other languages' mean change.",
+    ),
+    "B": (
+        "An equal number of random neurons barely moves perplexity "
+        "(own-language change of the selection >> random).",
+        "Median over targets of the own-language change, selected (value) vs random neurons "
+        "averaged over draws (reference); holds if value > 2 * max(reference, 0.01).",
+    ),
+    "C": (
+        "Perturbing the core region raises perplexity in every language far more than "
+        "the opposite end and random.",
+        "Smallest core-region change over languages (value) vs largest change of the opposite "
+        "end or a random region (reference); holds if in every language "
+        "core > 2 * max(opposite, random, 0.01).",
+    ),
+    "D": (
+        "Removing a monolingual region hurts its own language most.",
+        "Share of monolingual regions whose own language has the largest change; holds if > 0.5.",
+    ),
+    "E": (
+        "Parallel multilingual input inhibits more neurons than monolingual input.",
+        "Mean over layers of the inhibited share, parallel input (value) vs the largest "
+        "monolingual mean (reference); holds if value > reference.",
+    ),
+    "F": (
+        "English has the fewest language-specific neurons.",
+        "Selected neurons for en (value) vs the fewest of any other language (reference); "
+        "holds if value < reference.",
+    ),
+    "G": (
+        "Language-specific neurons concentrate in the first and last layers.",
+        "Selected neurons per layer, summed over languages, in the first N1 and last N2 layers "
+        "((N1, N2) = default_stages) (value) vs the middle layers (reference); "
+        "holds if value > reference.",
+    ),
+}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:+.1f}%"
+
+
+def _missing(paths: Mapping[str, PathLike | None]) -> str | None:
+    """``"not computed: ..."`` naming absent inputs (None or no file), else None."""
+    gone = [
+        f"{what} not given" if p is None else str(p)
+        for what, p in paths.items()
+        if p is None or not Path(p).exists()
+    ]
+    return f"not computed: {', '.join(gone)}" if gone else None
+
+
+def _changes(path: PathLike) -> pd.DataFrame:
+    df = read_parquet(path, MATRIX_COLUMNS).to_pandas()
+    return df.assign(change=df["ppl"] / df["base_ppl"] - 1)
+
+
+def _matrix(df: pd.DataFrame, setting: str, targets: list[str] | None = None) -> pd.DataFrame:
+    """Target x eval language mean change (random draws averaged)."""
+    rows = df[df["setting"] == setting]
+    m = rows.pivot_table(index="target_lang", columns="eval_lang", values="change", aggfunc="mean")
+    return m.reindex(index=targets) if targets is not None else m
+
+
+def _own_hardest(m: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(targets that are also eval languages, those whose own language is *not* hit hardest)."""
+    targets = [t for t in m.index if t in m.columns]
+    return targets, [t for t in targets if not m.at[t, t] > m.loc[t].drop(t).max()]
+
+
+def _own(m: pd.DataFrame, targets: list[str]) -> pd.Series:
+    return pd.Series([m.at[t, t] if t in m.columns else math.nan for t in targets], targets)
+
+
+def _neuron_claims(method: str, path: PathLike | None) -> list[dict]:
+    """Claims A and B for one method's ablation table."""
+    if skip := _missing({f"{method} ablation": path}):
+        return [_row("A", method, detail=skip), _row("B", method, detail=skip)]
+    df = _changes(path)
+    selected = df[df["n_units"] > 0]
+    m = _matrix(selected, "selected")
+    targets, misses = _own_hardest(m)
+    if not targets or m.shape[1] < 2:
+        skip = f"not computed: {path} has no target with neurons and >= 2 eval languages"
+        return [_row("A", method, detail=skip), _row("B", method, detail=skip)]
+    m = m.loc[targets]
+    own = _own(m, targets)
+    others = pd.Series([m.loc[t].drop(t).mean() for t in targets], targets)
+    rnd = _matrix(df, "random", targets)
+    share = 1 - len(misses) / len(targets)
+    holds = bool(share > 0.5 and own.median() > others.median())
+    missed = ", ".join(f"{t} {_pct(own[t])} vs {_pct(others[t])}" for t in misses)
+    detail = (
+        f"own-language hit hardest for {len(targets) - len(misses)}/{len(targets)} targets"
+        + (f" (not: {missed})" if misses else "")
+        + f"; median own {_pct(own.median())} vs others {_pct(others.median())}"
+        + f"; random mean {_pct(rnd.stack().mean())}"
+    )
+    rows = [_row("A", method, share, 0.5, holds, detail)]
+    rnd_own = _own(rnd, targets).median()
+    if math.isnan(rnd_own):
+        return [*rows, _row("B", method, detail=f"not computed: no random rows in {path}")]
+    holds = bool(own.median() > 2 * max(rnd_own, 0.01))
+    detail = f"median own change: selected {_pct(own.median())} vs random {_pct(rnd_own)}"
+    return [*rows, _row("B", method, own.median(), rnd_own, holds, detail)]
+
+
+def _region_claims(path: PathLike | None) -> list[dict]:
+    """Claims C and D for the region perturbation table."""
+    if skip := _missing({"region perturbation": path}):
+        return [_row("C", "region", detail=skip), _row("D", "region", detail=skip)]
+    score = read_metadata(path).get("score")
+    if score not in IMPORTANT_END:
+        skip = f"not computed: {path} has no known score in its metadata ({score!r})"
+        return [_row("C", "region", detail=skip), _row("D", "region", detail=skip)]
+    df = _changes(path)
+    core = IMPORTANT_END[score]
+    opposite = "top" if core == "bottom" else "bottom"
+    ends = {
+        s: df[df["setting"] == s].groupby("eval_lang")["change"].mean()
+        for s in (core, opposite, "random")
+    }
+    frame = pd.DataFrame(ends).dropna()
+    if frame.empty:
+        skip = f"not computed: no {core}/{opposite}/random rows in {path}"
+        rows = [_row("C", "region", detail=skip)]
+    else:
+        rest = frame[[opposite, "random"]].max(axis=1)
+        ok = frame[core] > 2 * rest.clip(lower=0.01)
+        detail = (
+            f"core = {core} ({score}); median core {_pct(frame[core].median())}, "
+            f"opposite {_pct(frame[opposite].median())}, random {_pct(frame['random'].median())}; "
+            f"core > 2x the others in {int(ok.sum())}/{len(ok)} languages"
+        )
+        rows = [_row("C", "region", frame[core].min(), rest.max(), bool(ok.all()), detail)]
+    m = _matrix(df[df["n_units"] > 0], "monolingual")
+    targets, misses = _own_hardest(m)
+    if not targets or m.shape[1] < 2:
+        return [*rows, _row("D", "region", detail=f"not computed: no monolingual rows in {path}")]
+    share = 1 - len(misses) / len(targets)
+    detail = f"own language hit hardest for {len(targets) - len(misses)}/{len(targets)} regions"
+    detail += f" (not: {', '.join(misses)})" if misses else ""
+    return [*rows, _row("D", "region", share, 0.5, share > 0.5, detail)]
+
+
+def _inhibition_claim(paths: Mapping[str, PathLike | None]) -> dict:
+    """Claim E: inhibited share under parallel vs monolingual input."""
+    mono = [c for c in paths if c != "parallel"]
+    skip = _missing({"parallel inhibition": paths.get("parallel"), **{c: paths[c] for c in mono}})
+    if skip or not mono:
+        return _row("E", "actcount", detail=skip or "not computed: no monolingual inhibition table")
+    means = {
+        c: float(read_parquet(p, ["layer", "inhibited_share"])["inhibited_share"].to_numpy().mean())
+        for c, p in paths.items()
+    }
+    lo, hi = min(mono, key=means.get), max(mono, key=means.get)
+    value, ref = means["parallel"], means[hi]
+    detail = f"parallel {value:.3f} vs monolingual {means[lo]:.3f} ({lo})..{ref:.3f} ({hi})"
+    return _row("E", "actcount", value, ref, value > ref, detail)
+
+
+def _selection_claims(method: str, paths: Mapping[str, PathLike | None]) -> list[dict]:
+    """Claims F and G for one method's selections."""
+    skip = _missing({f"{method} {lang} selection": p for lang, p in paths.items()})
+    if skip or not paths:
+        skip = skip or f"not computed: no {method} selection"
+        return [_row("F", method, detail=skip), _row("G", method, detail=skip)]
+    counts = selection_counts({method: paths}).to_pandas()
+    per_lang = counts.groupby("lang")["n_selected"].sum()
+    others = per_lang.drop("en", errors="ignore")
+    if "en" not in per_lang or others.empty:
+        skip = f"not computed: need en and another language, have {', '.join(per_lang.index)}"
+        rows = [_row("F", method, detail=skip)]
+    else:
+        detail = ", ".join(f"{lang} {n}" for lang, n in per_lang.sort_values().items())
+        en, ref = float(per_lang["en"]), float(others.min())
+        rows = [_row("F", method, en, ref, en < ref, detail)]
+    per_layer = counts.groupby("layer")["n_selected"].sum().sort_index().to_numpy()
+    n_layers = len(per_layer)
+    n1, n2 = default_stages(n_layers) if n_layers else (0, 0)
+    if n1 + n2 == 0:
+        return [*rows, _row("G", method, detail=f"not computed: only {n_layers} layer(s)")]
+    first, middle, last = per_layer[:n1], per_layer[n1 : n_layers - n2], per_layer[n_layers - n2 :]
+    value = (first.sum() + last.sum()) / (n1 + n2)
+    ref = middle.sum() / len(middle)
+    detail = (
+        f"selected per layer: first {n1} layers {first.sum() / n1:.1f}, "
+        f"middle {len(middle)} layers {ref:.1f}"
+        + (f", last {n2} layers {last.sum() / n2:.1f}" if n2 else "")
+    )
+    return [*rows, _row("G", method, float(value), float(ref), value > ref, detail)]
+
+
+def _row(cid, method, value=math.nan, reference=math.nan, holds=None, detail="") -> dict:
+    claim, measure = CLAIMS[cid]
+    return {
+        "claim_id": cid,
+        "claim": claim,
+        "source": SOURCES[method],
+        "method": method,
+        "measure": measure,
+        "value": float(value),
+        "reference": float(reference),
+        "holds": None if holds is None else bool(holds),
+        "detail": detail,
+    }
+
+
+def findings_table(
+    ablation: Mapping[str, PathLike | None],
+    region: PathLike | None,
+    inhibition: Mapping[str, PathLike | None],
+    selections: Mapping[str, Mapping[str, PathLike | None]],
+    model: str,
+) -> pd.DataFrame:
+    """One row per claim (and method) with measured value, reference and whether it holds.
+
+    ``ablation[method]``: neuron ablation table; ``region``: region perturbation table;
+    ``inhibition[condition]``: actcount inhibition tables (language codes and
+    ``parallel``); ``selections[method][lang]``: selection tables. Always 13 rows:
+    A, B per plnd/lape/actcount, C, D, E, F and G per plnd/lape.
+    """
+    rows = [r for m in ("plnd", "lape", "actcount") for r in _neuron_claims(m, ablation.get(m))]
+    rows += [*_region_claims(region), _inhibition_claim(inhibition)]
+    rows += [r for m in ("plnd", "lape") for r in _selection_claims(m, selections.get(m, {}))]
+    table = pd.DataFrame(rows).assign(model=model)[COLUMNS]
+    table = table.sort_values("claim_id", kind="stable", ignore_index=True)
+    return table.astype({"holds": "boolean", "value": "float64", "reference": "float64"})
+
+
+def write_findings(table: pd.DataFrame, csv_path: PathLike, parquet_path: PathLike) -> None:
+    """Write the findings table as CSV and Parquet, each atomically."""
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    write_parquet(pa.Table.from_pandas(table, preserve_index=False), parquet_path)
