@@ -433,6 +433,44 @@ def test_killed_run_resumes_and_pays_each_item_once(tmp_path, make_server):
     assert_key_absent(tmp_path, *logs)
 
 
+def test_sigterm_finishes_the_calls_in_flight_then_stops(tmp_path, make_server):
+    spec, refs = write_dataset(tmp_path, 40)
+    server = make_server(references=refs, latency=0.05)
+    cfg = {"translation": settings(server, concurrency=4), "datasets": {"demo": spec}}
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    cache = tmp_path / "cache.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "workflow_scripts.translate",
+        "--config",
+        str(cfg_file),
+        "--dataset",
+        "demo",
+        "--lang",
+        "zh",
+        "--cache",
+        str(cache),
+        "--no-progress",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not cache.exists() or cache.read_text().count("\n") < 8):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 1, err[-2000:]
+    assert "interrupted: " in err and "Run again to continue" in err
+    n_cached = cache.read_text().count("\n")
+    assert 8 <= n_cached < 40 and server.n_paid == n_cached  # every paid reply was kept
+    proc2 = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc2.returncode == 0, proc2.stderr[-2000:]
+    assert server.n_paid == 40 and server.duplicates() == 0
+    assert_key_absent(tmp_path, err, proc2.stderr)
+
+
 # ----------------------------------------------------------------------------- parallel input
 
 
