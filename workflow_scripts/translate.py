@@ -457,7 +457,6 @@ class RunStats:
 
     calls: int = 0
     translated: int = 0
-    failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retries: Counter = field(default_factory=Counter)
@@ -532,8 +531,11 @@ class Translator:
 
         s = self.s
         messages = build_messages(s, item.text, self.source_lang, self.target_lang)
-        kwargs: dict[str, Any] = {"model": s["model"], "messages": messages}
-        kwargs["temperature"] = s["temperature"]
+        kwargs: dict[str, Any] = {
+            "model": s["model"],
+            "messages": messages,
+            "temperature": s["temperature"],
+        }
         if s.get("max_reply_tokens"):
             kwargs["max_tokens"] = s["max_reply_tokens"]
         error = ""
