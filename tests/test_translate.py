@@ -358,6 +358,38 @@ def test_bad_input_fails_before_any_paid_call(tmp_path, make_server, monkeypatch
     assert_key_absent(tmp_path)
 
 
+def test_bundled_source_is_the_prepared_corpus_split_in_hash_order(tmp_path):
+    from workflow_scripts.corpus import doc_rank, documents, prepare_corpus
+
+    prepared = tmp_path / "ko.parquet"
+    prepare_corpus({"source": "bundled", "path": str(BUNDLED)}, "ko", prepared)
+    spec = {"source": "bundled", "source_lang": "ko", "languages": ["en"], "max_items": 30}
+    items = tr.load_items(spec)
+    eval_docs = documents(prepared, "eval", max_chars=2000)
+    assert [it.id for it in items] == sorted(eval_docs, key=doc_rank)[:30]
+    assert all(eval_docs[it.id] == it.text for it in items)
+
+
+def test_huggingface_source_streams_and_checks_the_text_field(tmp_path):
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    rows = [{"premise": f"Sentence number {i} is long enough to keep.", "n": i} for i in range(9)]
+    (hub / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {
+        "source": "huggingface",
+        "dataset": str(hub),
+        "text_field": "premise",
+        "source_lang": "en",
+        "languages": ["fr"],
+        "max_items": 5,
+    }
+    items = tr.load_items(spec, "hubset")
+    assert [it.text for it in items] == [r["premise"] for r in rows[:5]]  # stream order, cut
+    assert items[0].id == f"{hub}:0"
+    with pytest.raises(ValueError, match="has no text field 'text'"):
+        tr.load_items({**spec, "text_field": "text"}, "hubset")
+
+
 def test_schema_checks_the_sections():
     tr.validate_sections(
         {
