@@ -159,9 +159,8 @@ def actcount_settings(wildcards):
     """Only the settings the condition depends on (so a plot setting re-runs no counting)."""
     keys = ACTCOUNT_KEYS + (PARALLEL_KEYS if wildcards.condition == "parallel" else [])
     settings = {key: config["actcount"][key] for key in keys}
-    if (
-        wildcards.condition == "parallel"
-    ):  # the defaults leave the params of earlier runs as they were
+    # only non-default choices enter params, so earlier parallel runs are not re-run
+    if wildcards.condition == "parallel":
         act = config["actcount"]
         if translated_dataset() is not None:
             settings["parallel_source"] = act["parallel_source"]
