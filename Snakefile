@@ -19,10 +19,12 @@ wildcard_constraints:
     condition="[a-z]{2}|parallel",
     model="[^/]+",
     corpus="[^/]+",
+    dataset="[^/.][^/]*",
 
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/translation.smk"
 include: "rules/models.smk"
 include: "rules/neurons.smk"
 include: "rules/figures.smk"

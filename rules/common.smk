@@ -15,6 +15,7 @@ from workflow_scripts.modeling import check_model_path, looks_local
 LANGS = [check_language(lang) for lang in config["languages"]]
 MODELS = config["models"]
 CORPORA = config["corpora"]
+DATASETS = config["datasets"]
 KINDS = ("path", "gguf", "tiny")
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
@@ -96,14 +97,55 @@ def tiny_corpus_files(model):
     return {lang: corpus_file(corpus, lang) for lang in spec["languages"]}
 
 
+# --- used by translation.smk ---
+def dataset_spec(wildcards):
+    """The config entry of dataset `wildcards.dataset`, if `wildcards.lang` is one of its languages."""
+    if wildcards.dataset not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {wildcards.dataset!r}: configured datasets are "
+            f"{', '.join(DATASETS) or '(none: add one under datasets:)'}"
+        )
+    spec = DATASETS[wildcards.dataset]
+    langs = [spec["source_lang"], *spec["languages"]]
+    if check_language(wildcards.lang) not in langs:
+        raise ValueError(
+            f"dataset {wildcards.dataset!r} has no language {wildcards.lang!r} "
+            f"(source {spec['source_lang']}, targets {', '.join(spec['languages'])})"
+        )
+    return spec
+
+
+def dataset_source_input(wildcards):
+    """The dataset's source file (bundled or local), or nothing (a hub dataset)."""
+    spec = dataset_spec(wildcards)
+    if spec["source"] == "bundled":
+        return spec.get("path", f"{workflow.basedir}/resources/corpus/bundled.parquet")
+    if spec["source"] == "local":
+        return spec["path"].format(lang=spec["source_lang"])
+    return spec["dataset"] if Path(spec["dataset"]).exists() else []
+
+
+def translation_cache(wildcards):
+    """Outside the outputs, so a failed or killed job keeps what it paid for."""
+    return f"results/translated/.cache/{wildcards.dataset}/{wildcards.lang}.jsonl"
+
+
+def translated_dataset():
+    """The dataset the parallel condition reads (`translated:<dataset>`), or None."""
+    source = config["actcount"]["parallel_source"]
+    return source.split(":", 1)[1] if source.startswith("translated:") else None
+
+
 # --- used by neurons.smk ---
 def actcount_corpora(wildcards):
-    """lang -> corpus file the condition's prompts come from."""
+    """lang -> corpus (or translated) file the condition's prompts come from."""
     corpus = corpus_of(wildcards.model)
-    if wildcards.condition == "parallel":
-        langs = config["actcount"]["parallel_languages"]
-    else:
-        langs = [wildcards.condition]
+    if wildcards.condition != "parallel":
+        return {wildcards.condition: corpus_file(corpus, wildcards.condition)}
+    langs = config["actcount"]["parallel_languages"]
+    dataset = translated_dataset()
+    if dataset is not None:
+        return {lang: f"results/translated/{dataset}/{lang}.parquet" for lang in langs}
     return {lang: corpus_file(corpus, lang) for lang in langs}
 
 
@@ -112,12 +154,22 @@ ACTCOUNT_KEYS = (
     "temperature seed chat_template system_prompt prompt_template"
 ).split()
 PARALLEL_KEYS = ["parallel_languages", "parallel_template", "parallel_item_template"]
+PIM_KEYS = ["parallel_builder", "pim_k", "pim_template"]
 
 
 def actcount_settings(wildcards):
     """Only the settings the condition depends on (so a plot setting re-runs no counting)."""
     keys = ACTCOUNT_KEYS + (PARALLEL_KEYS if wildcards.condition == "parallel" else [])
-    return {key: config["actcount"][key] for key in keys}
+    settings = {key: config["actcount"][key] for key in keys}
+    # only non-default choices enter params, so earlier parallel runs are not re-run
+    if wildcards.condition == "parallel":
+        act = config["actcount"]
+        if translated_dataset() is not None:
+            settings["parallel_source"] = act["parallel_source"]
+            settings["parallel_skip_flagged"] = act["parallel_skip_flagged"]
+        if act["parallel_builder"] != "concat":
+            settings.update({k: act[k] for k in PIM_KEYS if k in act})
+    return settings
 
 
 # --- used by figures.smk ---
@@ -282,3 +334,20 @@ for _lang in config["actcount"]["parallel_languages"] + [
     c for c in config["actcount"].get("conditions", []) if c != "parallel"
 ]:
     check_language(_lang)
+for _name, _spec in DATASETS.items():
+    for _lang in [_spec["source_lang"], *_spec["languages"]]:
+        check_language(_lang)
+if translated_dataset() is not None:
+    _name = translated_dataset()
+    if _name not in DATASETS:
+        raise ValueError(
+            f"actcount.parallel_source: {config['actcount']['parallel_source']!r} names no "
+            f"dataset under datasets: ({', '.join(DATASETS) or 'none'})"
+        )
+    _have = {DATASETS[_name]["source_lang"], *DATASETS[_name]["languages"]}
+    _missing = [c for c in config["actcount"]["parallel_languages"] if c not in _have]
+    if _missing:
+        raise ValueError(
+            f"actcount.parallel_languages {_missing} are not languages of dataset {_name!r} "
+            f"({', '.join(sorted(_have))}): add them to datasets.{_name}.languages"
+        )

@@ -230,19 +230,25 @@ def count_activations_to_files(
     ``'parallel'`` (aligned documents of every language in ``corpora``).
     """
     from .modeling import load_model
-    from .prompts import format_prompts, monolingual_prompts, parallel_prompts
+    from .prompts import format_prompts, monolingual_prompts, parallel_prompts, pim_prompts
 
     s = settings
+    parallel_source = s.get("parallel_source", "bundled")
+    builder = s.get("parallel_builder", "concat")
     if condition == "parallel":
-        prompts = parallel_prompts(
-            corpora,
-            s["n_prompts"],
-            s["split"],
-            s["max_prompt_chars"],
-            s["parallel_template"],
-            s["parallel_item_template"],
-            prefix_fraction=s["prompt_prefix"],
-        )
+        common = {
+            "n": s["n_prompts"],
+            "split": s["split"],
+            "max_chars": s["max_prompt_chars"],
+            "item_template": s["parallel_item_template"],
+            "prefix_fraction": s["prompt_prefix"],
+            "source": "translated" if parallel_source.startswith("translated:") else "corpus",
+            "skip_flagged": s.get("parallel_skip_flagged", True),
+        }
+        if builder == "pim":
+            prompts = pim_prompts(corpora, k=s.get("pim_k"), template=s["pim_template"], **common)
+        else:
+            prompts = parallel_prompts(corpora, template=s["parallel_template"], **common)
     else:
         prompts = monolingual_prompts(
             corpora[condition],
@@ -274,6 +280,8 @@ def count_activations_to_files(
         "chat_template": chat,
         "languages": sorted(corpora),
     }
+    if condition == "parallel":
+        meta.update(parallel_source=parallel_source, parallel_builder=builder)
     write_parquet(counts.count_table(), counts_out, metadata=meta)
     inhibition = counts.inhibition_table()
     write_parquet(inhibition, inhibition_out, metadata=meta)

@@ -4,6 +4,13 @@ Documents are chosen by a hash of their ``doc_id``, not by file position, so
 aligned documents (the same ``doc_id`` in several languages, as in the bundled
 corpus) come out in the same order in every language: the monolingual
 conditions and the parallel condition see the same content where it exists.
+
+Aligned texts come from prepared corpora (``source='corpus'``: one split, by
+``doc_id``) or from translated datasets (``source='translated'``:
+``results/translated/{dataset}/{lang}.parquet``, by ``id``; the source
+language's table is the source itself). Two parallel builders:
+:func:`parallel_prompts` (every language's text in order) and
+:func:`pim_prompts` (Mu et al.'s PiM: a source text plus k translations).
 """
 
 from __future__ import annotations
@@ -11,8 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from .corpus import doc_rank, documents
+from .io import read_parquet
 from .languages import language_name
+
+SOURCES = ("corpus", "translated")
 
 
 def prefix(text: str, fraction: float) -> str:
@@ -47,6 +59,51 @@ def monolingual_prompts(
     return [template.format(text=prefix(docs[d], prefix_fraction)) for d in chosen]
 
 
+def translated_documents(
+    path: str | Path, max_chars: int | None = None, skip_flagged: bool = True
+) -> dict[str, str]:
+    """``id -> text`` of a translated table, optionally only texts of at most ``max_chars``.
+
+    ``skip_flagged`` leaves out rows whose language check failed or whose length
+    ratio is an outlier (they stay in the table, flagged, for inspection).
+    """
+    table = read_parquet(path, ["id", "text", "lang_ok", "length_outlier"])
+    if skip_flagged:
+        keep = pc.and_(table.column("lang_ok"), pc.invert(table.column("length_outlier")))
+        table = table.filter(pc.fill_null(keep, False))
+    ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+    return {
+        d: t for d, t in zip(ids, texts, strict=True) if max_chars is None or len(t) <= max_chars
+    }
+
+
+def aligned_documents(
+    corpora: Mapping[str, str | Path],
+    split: str = "eval",
+    max_chars: int | None = None,
+    source: str = "corpus",
+    skip_flagged: bool = True,
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Per language ``id -> text``, and the ids present in every language, in hash order."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown parallel source {source!r}: use one of {SOURCES}")
+    if source == "corpus":
+        docs = {lang: documents(path, split, max_chars) for lang, path in corpora.items()}
+    else:
+        docs = {
+            lang: translated_documents(path, max_chars, skip_flagged)
+            for lang, path in corpora.items()
+        }
+    shared = set.intersection(*(set(d) for d in docs.values()))
+    if not shared:
+        where = f"{split} document" if source == "corpus" else "translated item"
+        raise ValueError(
+            f"no {where} is aligned across all of {sorted(corpora)} (same id in each "
+            "language, within max_prompt_chars): the parallel condition needs parallel data"
+        )
+    return docs, sorted(shared, key=doc_rank)
+
+
 def parallel_prompts(
     corpora: Mapping[str, str | Path],
     n: int,
@@ -56,6 +113,8 @@ def parallel_prompts(
     item_template: str = "{language}: {text}",
     separator: str = "\n",
     prefix_fraction: float = 1.0,
+    source: str = "corpus",
+    skip_flagged: bool = True,
 ) -> list[str]:
     """``n`` parallel multilingual prompts: one aligned document in every language of ``corpora``.
 
@@ -64,17 +123,12 @@ def parallel_prompts(
     order). The last language's text is cut to its first ``prefix_fraction``,
     so the model continues it with the other languages' full text as context
     (the monolingual condition of that language gets the same prefix).
+    ``source``: ``corpus`` (prepared corpora) or ``translated`` (translated tables).
     """
-    docs = {lang: documents(path, split, max_chars) for lang, path in corpora.items()}
-    shared = set.intersection(*(set(d) for d in docs.values()))
-    if not shared:
-        raise ValueError(
-            f"no {split} document is aligned across all of {sorted(corpora)} "
-            "(same doc_id in each language): the parallel condition needs parallel data"
-        )
+    docs, shared = aligned_documents(corpora, split, max_chars, source, skip_flagged)
     prompts = []
-    for doc_id in sorted(shared, key=doc_rank)[:n]:
-        last = list(corpora)[-1]
+    last = list(corpora)[-1]
+    for doc_id in shared[:n]:
         items = [
             item_template.format(
                 language=language_name(lang),
@@ -85,6 +139,76 @@ def parallel_prompts(
         ]
         prompts.append(template.format(items=separator.join(items)))
     return prompts
+
+
+PIM_TEMPLATE = "{translations}\n{source_language}: {source}"
+
+
+def pim_prompt(
+    source: str,
+    translations: Mapping[str, str],
+    source_lang: str,
+    template: str = PIM_TEMPLATE,
+    item_template: str = "{language}: {text}",
+    separator: str = "\n",
+) -> str:
+    """One PiM prompt (Mu et al.): a source text plus its translations, in a template.
+
+    ``template`` may use ``{translations}`` (the ``item_template`` lines of
+    ``translations``, in their order, joined by ``separator``), ``{source}``,
+    ``{source_language}`` (English name) and ``{source_lang}`` (code).
+    """
+    lines = [
+        item_template.format(language=language_name(lang), lang=lang, text=text)
+        for lang, text in translations.items()
+    ]
+    return template.format(
+        translations=separator.join(lines),
+        source=source,
+        source_language=language_name(source_lang),
+        source_lang=source_lang,
+    )
+
+
+def pim_prompts(
+    corpora: Mapping[str, str | Path],
+    n: int,
+    k: int | None = None,
+    split: str = "eval",
+    max_chars: int = 400,
+    template: str = PIM_TEMPLATE,
+    item_template: str = "{language}: {text}",
+    separator: str = "\n",
+    prefix_fraction: float = 1.0,
+    source: str = "corpus",
+    skip_flagged: bool = True,
+) -> list[str]:
+    """``n`` PiM prompts: the first language of ``corpora`` is the source, the next ``k``
+    (default: all others) its translations, items aligned by id in hash order.
+
+    The source text is cut to its first ``prefix_fraction`` (the model continues
+    it with the translations as context, as in :func:`parallel_prompts`).
+    """
+    langs = list(corpora)
+    if len(langs) < 2:
+        raise ValueError("a PiM prompt needs a source language and at least one translation")
+    k = len(langs) - 1 if k is None else k
+    if not 1 <= k <= len(langs) - 1:
+        raise ValueError(f"pim_k={k}: choose 1 to {len(langs) - 1} translations for {langs}")
+    src, targets = langs[0], langs[1 : 1 + k]
+    used = {lang: corpora[lang] for lang in [src, *targets]}
+    docs, shared = aligned_documents(used, split, max_chars, source, skip_flagged)
+    return [
+        pim_prompt(
+            prefix(docs[src][doc_id], prefix_fraction),
+            {lang: docs[lang][doc_id] for lang in targets},
+            src,
+            template,
+            item_template,
+            separator,
+        )
+        for doc_id in shared[:n]
+    ]
 
 
 def format_prompts(
