@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "resources/report/workflow.rst"
+
+
 validate(config, "resources/schemas/config.schema.yaml")
 
 
@@ -30,6 +33,7 @@ include: "rules/neurons.smk"
 include: "rules/figures.smk"
 include: "rules/regions.smk"
 include: "rules/ablation.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -89,7 +89,13 @@ rule plot_ablation:
             f"results/ablation/{wc.model}/{method}.parquet" for method in METHODS
         ],
     output:
-        "results/figures/ablation_{model}.png",
+        report(
+            "results/figures/ablation_{model}.png",
+            caption="../resources/report/ablation.rst",
+            category="Ablation",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "ablation"},
+        ),
     log:
         f"{LOGS}/plot_ablation/{{model}}.log",
     benchmark:

@@ -293,6 +293,23 @@ def ablation_parts(wildcards):
     ]
 
 
+def findings_inputs(wildcards):
+    """Named inputs of the findings table of one model."""
+    model = wildcards.model
+    inputs = {f"ablation_{m}": f"results/ablation/{model}/{m}.parquet" for m in METHODS}
+    inputs["region"] = f"results/ablation/{model}/region.parquet"
+    for cond in actcount_conditions():
+        inputs[f"inhibition_{cond}"] = (
+            f"results/activations/{model}/{cond}.inhibition.parquet"
+        )
+    for method in ("plnd", "lape"):
+        for lang in LANGS:
+            inputs[f"sel_{method}_{lang}"] = (
+                f"results/neurons/{model}/{method}/{lang}.parquet"
+            )
+    return inputs
+
+
 def all_targets():
     figures = [
         "heatmap",
@@ -304,7 +321,9 @@ def all_targets():
         "ablation",
         "regions",
     ]
-    return [f"results/figures/{fig}_{model}.png" for model in MODELS for fig in figures]
+    return [
+        f"results/figures/{fig}_{model}.png" for model in MODELS for fig in figures
+    ] + [f"results/tables/findings_{model}.csv" for model in MODELS]
 
 
 for _model, _spec in MODELS.items():

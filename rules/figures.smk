@@ -6,9 +6,27 @@ rule plot_activations:
         counts=lambda wc: activation_files(wc).values(),
         inhibition=lambda wc: inhibition_files(wc).values(),
     output:
-        heatmap="results/figures/heatmap_{model}.png",
-        inhibition="results/figures/inhibition_{model}.png",
-        peaks="results/figures/peaks_{model}.png",
+        heatmap=report(
+            "results/figures/heatmap_{model}.png",
+            caption="../resources/report/heatmap.rst",
+            category="Activation counting",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "heatmap"},
+        ),
+        inhibition=report(
+            "results/figures/inhibition_{model}.png",
+            caption="../resources/report/inhibition.rst",
+            category="Activation counting",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "inhibition"},
+        ),
+        peaks=report(
+            "results/figures/peaks_{model}.png",
+            caption="../resources/report/peaks.rst",
+            category="Activation counting",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "peaks"},
+        ),
     log:
         f"{LOGS}/plot_activations/{{model}}.log",
     benchmark:
@@ -37,11 +55,41 @@ rule plot_neurons:
             f"results/logit_lens/{wc.model}/{lang}.parquet" for lang in LANGS
         ],
     output:
-        layers="results/figures/layers_{model}.png",
-        overlap="results/figures/overlap_{model}.png",
-        logit_lens="results/figures/logit_lens_{model}.png",
-        counts="results/tables/neurons_{model}.csv",
-        jaccard="results/tables/overlap_{model}.csv",
+        layers=report(
+            "results/figures/layers_{model}.png",
+            caption="../resources/report/layers.rst",
+            category="Language-specific neurons",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "layers"},
+        ),
+        overlap=report(
+            "results/figures/overlap_{model}.png",
+            caption="../resources/report/overlap.rst",
+            category="Language-specific neurons",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "overlap"},
+        ),
+        logit_lens=report(
+            "results/figures/logit_lens_{model}.png",
+            caption="../resources/report/logit_lens.rst",
+            category="Logit lens",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "logit_lens"},
+        ),
+        counts=report(
+            "results/tables/neurons_{model}.csv",
+            caption="../resources/report/neurons_table.rst",
+            category="Language-specific neurons",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "neurons table"},
+        ),
+        jaccard=report(
+            "results/tables/overlap_{model}.csv",
+            caption="../resources/report/overlap_table.rst",
+            category="Language-specific neurons",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "overlap table"},
+        ),
     log:
         f"{LOGS}/plot_neurons/{{model}}.log",
     benchmark:
@@ -68,7 +116,13 @@ rule plot_regions:
         summary="results/tables/regions_{model}.csv",
         perturbation="results/ablation/{model}/region.parquet",
     output:
-        "results/figures/regions_{model}.png",
+        report(
+            "results/figures/regions_{model}.png",
+            caption="../resources/report/regions.rst",
+            category="Linguistic regions",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "regions"},
+        ),
     log:
         f"{LOGS}/plot_regions/{{model}}.log",
     benchmark:

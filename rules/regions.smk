@@ -36,7 +36,13 @@ rule select_regions:
         scores=lambda wc: region_score_files(wc.model).values(),
     output:
         regions=expand("results/regions/{{model}}/{region}.parquet", region=REGIONS),
-        table="results/tables/regions_{model}.csv",
+        table=report(
+            "results/tables/regions_{model}.csv",
+            caption="../resources/report/regions_table.rst",
+            category="Linguistic regions",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "regions table"},
+        ),
     log:
         f"{LOGS}/select_regions/{{model}}.log",
     benchmark:
