@@ -3,7 +3,9 @@ directory, with two tiny models pretrained on three languages of the bundled cor
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,7 +29,11 @@ TINY = {
     "languages": ["en", "fr", "zh"],
 }
 TARGETS = [f"results/figures/{fig}_{m}.png" for m in MODELS for fig in ("heatmap", "layers")]
-TARGETS.append("results/figures/ablation_tq.png")
+TARGETS += [
+    "results/figures/ablation_tq.png",
+    "results/figures/regions_tq.png",
+    "results/tables/findings_tq.csv",
+]
 METHODS = ("plnd", "lape", "actcount")
 
 
@@ -57,6 +63,7 @@ def e2e_config(languages=("en", "fr", "zh")) -> dict:
         "lape": {"n_docs": 8, "max_length": 24, "top_share": 0.05},
         "logit_lens": {"n_docs": 3, "max_length": 16},
         "ablation": {"n_docs": 2, "max_length": 16, "max_tokens": 24, "n_random": 1},
+        "regions": {"languages": ["fr", "zh"], "n_docs": 6, "max_length": 1024, "batch_size": 2},
     }
 
 
@@ -163,8 +170,16 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
     per_language = {"count_activations": 2, "plnd_stats": 2, "lape_stats": 2, "logit_lens": 2}
     aggregates = {"plot_activations": 2, "select_neurons": 6, "plot_neurons": 2}
     # the new language is a new target and a new evaluation language of every ablation job
-    ablation = {"ablate_neurons": 12, "collect_ablation": 3, "plot_ablation": 1}
-    assert job_stats(out2) == {"prepare_corpus": 1, **per_language, **aggregates, **ablation}
+    ablation = {"ablate_neurons": 12, "collect_ablation": 4, "plot_ablation": 1}
+    # ... and of every region perturbation (fr, zh stay the region languages)
+    regions = {"perturb_regions": 5, "plot_regions": 1, "findings": 1}
+    assert job_stats(out2) == {
+        "prepare_corpus": 1,
+        **per_language,
+        **aggregates,
+        **ablation,
+        **regions,
+    }
     assert "pretrain_tiny" not in out2
     prepared = re.findall(r"output: (results/corpus/\S+)", out2)
     assert prepared == ["results/corpus/bundled/ja.parquet"]
@@ -189,6 +204,7 @@ def test_rerun_one_language_reruns_it_and_the_aggregates(workflow_run):
         "ablate_neurons": 3,
         "collect_ablation": 1,
         "plot_ablation": 1,
+        "findings": 1,
     }
     assert f"output: {target}" in out2
 
@@ -201,7 +217,12 @@ def test_changing_a_selection_parameter_reruns_only_that_selection(workflow_run)
     proc2, out2 = run_snakemake(workdir, cfg, *TARGETS, "-n")
     assert proc2.returncode == 0, out2
     lape_ablation = {"ablate_neurons": 3, "collect_ablation": 1, "plot_ablation": 1}
-    assert job_stats(out2) == {"select_neurons": 2, "plot_neurons": 2, **lape_ablation}
+    assert job_stats(out2) == {
+        "select_neurons": 2,
+        "plot_neurons": 2,
+        **lape_ablation,
+        "findings": 1,
+    }
     methods = set(re.findall(r"wildcards: model=\w+, method=(\w+)", out2))
     assert methods == {"lape"}
 
@@ -256,3 +277,56 @@ def test_empty_corpus_fails_clearly(tmp_path):
     assert "corpus 'shortdocs', language 'en'" in out, out[-3000:]
     assert not (workdir / target).exists()
     assert not list((workdir / "results" / "corpus" / "shortdocs").glob("*.parquet"))
+
+
+def test_regions_and_findings(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    res = workdir / "results"
+    assert (res / "figures" / "regions_tq.png").read_bytes()[:8] == PNG
+    for region in ("top", "bottom", "random", "core", "monolingual_fr", "monolingual_zh"):
+        table = pq.read_table(res / "regions" / "tq" / f"{region}.parquet")
+        assert table.column_names == ["param", "flat_index", "layer", "kind"]
+        assert table.num_rows > 0
+    perturbation = pq.read_table(res / "ablation" / "tq" / "region.parquet").to_pandas()
+    assert set(perturbation.setting) == {"base", "top", "bottom", "random", "monolingual"}
+    assert set(perturbation.eval_lang) == {"en", "fr", "zh"}
+    findings = pq.read_table(res / "tables" / "findings_tq.parquet").to_pandas()
+    assert len(findings) == 13 and findings["value"].notna().sum() >= 10
+    assert (res / "tables" / "findings_tq.csv").read_text().startswith("model,claim_id")
+
+
+def test_region_freeze_rule_and_single_region_rerun(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    target = "results/finetuned/tq/fr_freeze_core"
+    proc2, out2 = run_snakemake(workdir, e2e_config(), target)
+    assert proc2.returncode == 0, out2[-3000:]
+    info = json.loads((workdir / target / "training.json").read_text())
+    assert info["frozen_elements"] > 0 and len(info["losses"]) == 20
+    # changing k re-runs the selection and what depends on it, not the scores
+    cfg = e2e_config()
+    cfg["regions"]["k"] = 0.03
+    proc3, out3 = run_snakemake(workdir, cfg, *TARGETS, "-n")
+    assert proc3.returncode == 0, out3
+    assert job_stats(out3) == {
+        "select_regions": 1,
+        "perturb_regions": 5,
+        "collect_ablation": 1,
+        "plot_regions": 1,
+        "findings": 1,
+    }
+
+
+def test_report_builds_offline(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    report = workdir / "report.zip"
+    proc2, out2 = run_snakemake(workdir, e2e_config(), *TARGETS, "--report", str(report))
+    assert proc2.returncode == 0, out2[-3000:]
+    with zipfile.ZipFile(report) as zf:
+        names = zf.namelist()
+        assert any(n.endswith("regions_tq.png") for n in names)
+        assert any(n.endswith("ablation_tq.png") for n in names)
+        assert any(n.endswith("findings_tq.csv") for n in names)
+        assert sum(n.endswith(".png") for n in names) >= 10
