@@ -143,55 +143,143 @@ def pad_id(tokenizer) -> int:
 
 def make_optimizer(model: nn.Module, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
     """AdamW over the trained parameters (``trainable``: ``all`` or ``layers``)."""
-    if settings.get("trainable", "all") == "layers":
-        names = set(region_parameters(model))
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in names)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = _trainable(model, settings)
     return torch.optim.AdamW(
         params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0)
     )
 
 
+def _trainable(model: nn.Module, settings: Mapping[str, Any]) -> list[nn.Parameter]:
+    if settings.get("trainable", "all") == "layers":
+        names = set(region_parameters(model))
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in names)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class TorchTrainer:
+    """Plain PyTorch: backward, gradient clipping, AdamW step (CPU or one GPU)."""
+
+    def __init__(self, model: nn.Module, settings: Mapping[str, Any], max_grad_norm: float = 1.0):
+        self.model = model
+        self.optimizer = make_optimizer(model, settings)
+        self.max_grad_norm = max_grad_norm
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**batch, use_cache=False).loss
+
+    def step(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        if self.max_grad_norm:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def restore(self, checkpoint: TrainingCheckpoint) -> tuple[int, dict]:
+        return checkpoint.restore(self.model, self.optimizer)
+
+    def save(self, checkpoint: TrainingCheckpoint, step: int, extra: dict) -> None:
+        checkpoint.maybe_save(step, self.model, self.optimizer, extra=extra)
+
+
+def deepspeed_config(settings: Mapping[str, Any], dtype: str = "float32") -> dict[str, Any]:
+    """The DeepSpeed config of a region training run (ZeRO stage, AdamW, clipping)."""
+    return {
+        "train_micro_batch_size_per_gpu": settings["batch_size"],
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": settings.get("zero_stage", 2)},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": settings["lr"], "weight_decay": settings.get("weight_decay", 0.0)},
+        },
+    }
+
+
+class DeepSpeedTrainer:
+    """DeepSpeed ZeRO (stages 0-2: parameters stay whole, so deltas can be read on every
+    rank). Needs the ``deepspeed`` package and, in practice, a GPU node (README)."""
+
+    def __init__(self, model: nn.Module, settings: Mapping[str, Any], engine=None):
+        if engine is None:
+            try:
+                import deepspeed
+            except ImportError as err:
+                raise RuntimeError(
+                    "regions.engine is deepspeed but the deepspeed package is not installed "
+                    "(pip install deepspeed on the GPU node, or set regions.engine: torch)"
+                ) from err
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+            engine, *_ = deepspeed.initialize(
+                model=model,
+                model_parameters=_trainable(model, settings),
+                config=deepspeed_config(settings, dtype),
+            )
+        self.engine, self.model = engine, model
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.engine(**batch, use_cache=False).loss
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()  # clipping, optimizer step and zero_grad, as configured
+
+    def restore(self, checkpoint: TrainingCheckpoint) -> tuple[int, dict]:
+        path = checkpoint.directory / "deepspeed"
+        if not path.exists():
+            return 0, {}
+        _, state = self.engine.load_checkpoint(str(path))
+        if not state or state.get("key") != checkpoint.key:
+            return 0, {}
+        return state["step"], state.get("extra", {})
+
+    def save(self, checkpoint: TrainingCheckpoint, step: int, extra: dict) -> None:
+        if checkpoint.every > 0 and step % checkpoint.every == 0:
+            state = {"key": checkpoint.key, "step": step, "extra": extra}
+            self.engine.save_checkpoint(str(checkpoint.directory / "deepspeed"), client_state=state)
+
+
+def make_trainer(model: nn.Module, settings: Mapping[str, Any]):
+    """:class:`TorchTrainer` or :class:`DeepSpeedTrainer` by ``settings["engine"]``."""
+    if settings.get("engine", "torch") == "deepspeed":
+        return DeepSpeedTrainer(model, settings)
+    return TorchTrainer(model, settings)
+
+
 def train_steps(
-    model: nn.Module,
+    trainer: TorchTrainer | DeepSpeedTrainer,
     batches: Iterator[dict[str, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
     steps: int,
     checkpoint: TrainingCheckpoint | None = None,
     after_step=None,
-    max_grad_norm: float | None = 1.0,
 ) -> dict[str, Any]:
-    """``steps`` AdamW steps of causal-LM training; resumes from ``checkpoint``.
+    """``steps`` optimizer steps of causal-LM training; resumes from ``checkpoint``.
 
     ``after_step()`` runs after every optimizer step (region freezing). Batches
     already consumed before a resume are skipped, so a resumed run sees the same
     data as an uninterrupted one.
     """
-    start, extra = checkpoint.restore(model, optimizer) if checkpoint else (0, {})
+    start, extra = trainer.restore(checkpoint) if checkpoint else (0, {})
     losses: list[float] = extra.get("losses", [])
     for _ in range(start):
         next(batches)
+    model = trainer.model
     device = next(model.parameters()).device
     model.train()
     t0 = time.time()
     for step in range(start, steps):
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], max_grad_norm
-            )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = trainer.loss({k: v.to(device) for k, v in next(batches).items()})
+        trainer.step(loss)
         if after_step is not None:
             after_step()
         losses.append(round(loss.item(), 5))
         if step % 10 == 0 or step == steps - 1:
             log.info("train step %d/%d loss %.4f", step + 1, steps, losses[-1])
         if checkpoint:
-            checkpoint.maybe_save(step + 1, model, optimizer, extra={"losses": losses})
+            trainer.save(checkpoint, step + 1, {"losses": losses})
     model.eval()
     return {"losses": losses, "resumed_at_step": start, "train_seconds": time.time() - t0}
 
@@ -205,14 +293,14 @@ def delta_scores(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``|theta_after - theta_before|`` of the layer parameters after continued pretraining.
 
-    ``settings``: steps, batch_size, lr, weight_decay, trainable, seed. The model is
-    trained in place (load a fresh copy to use it unchanged afterwards).
+    ``settings``: steps, batch_size, lr, weight_decay, trainable, seed, engine
+    (``torch`` or ``deepspeed``). The model is trained in place.
     """
     torch.manual_seed(settings.get("seed", 0))
     before = {n: p.detach().clone() for n, p in region_parameters(model).items()}
-    optimizer = make_optimizer(model, settings)
+    trainer = make_trainer(model, settings)
     batches = training_batches(docs, settings["batch_size"], settings.get("seed", 0), pad_id)
-    info = train_steps(model, batches, optimizer, settings["steps"], checkpoint)
+    info = train_steps(trainer, batches, settings["steps"], checkpoint)
     after = region_parameters(model)
     return {n: (after[n].detach() - before[n]).abs().float() for n in before}, info
 
@@ -472,9 +560,9 @@ def freeze_train(
             for n, p in params.items():
                 p.data.view(-1)[region[n]] = frozen[n]
 
-    optimizer = make_optimizer(model, settings)
+    trainer = make_trainer(model, settings)
     batches = training_batches(docs, settings["batch_size"], settings.get("seed", 0), pad_id)
-    info = train_steps(model, batches, optimizer, settings["steps"], checkpoint, restore)
+    info = train_steps(trainer, batches, settings["steps"], checkpoint, restore)
     info["frozen_elements"] = int(sum(i.numel() for i in region.values()))
     return info
 
