@@ -39,6 +39,7 @@ GPU_MODEL = {
     "resources": {"gpu": 1, "gpu_model": "a100", "slurm_partition": "gpu", "mem_mb": 40000},
 }
 CLUSTER_KEYS = ("gpu", "gpu_model", "slurm_partition")
+MODEL_RULES = ("plnd_stats", "lape_stats", "ablate_neurons")  # the big model's rules that load it
 
 
 def tiny_config() -> dict:
@@ -71,12 +72,7 @@ def test_gpu_is_requested_only_for_the_model_that_needs_one(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     jobs = job_resources(out)
     big = {key: res for key, res in jobs.items() if "model=big" in key[1]}
-    assert {rule for rule, _ in big} == {
-        "plnd_stats",
-        "lape_stats",
-        "select_neurons",
-        "ablate_neurons",
-    }
+    assert {rule for rule, _ in big} == {"select_neurons", *MODEL_RULES}
     for (rule, _), res in big.items():
         if rule == "select_neurons":  # reads tables only: no model, no GPU
             assert not set(CLUSTER_KEYS) & set(res), res
@@ -178,17 +174,18 @@ def test_jobs_run_through_slurm(slurm_run, capsys):
         )
 
 
+def parquet_files(workdir: Path) -> list[Path]:
+    return sorted(p.relative_to(workdir) for p in (workdir / "results").rglob("*.parquet"))
+
+
 @pytest.mark.slow
 def test_slurm_outputs_equal_a_local_run(slurm_run, local_run, capsys):
     slurm_dir, proc, out, _ = slurm_run
     assert proc.returncode == 0, out[-3000:]
     local_dir, proc, out, seconds = local_run
     assert proc.returncode == 0, out[-3000:]
-    tables = sorted(p.relative_to(local_dir) for p in (local_dir / "results").rglob("*.parquet"))
-    assert (
-        sorted(p.relative_to(slurm_dir) for p in (slurm_dir / "results").rglob("*.parquet"))
-        == tables
-    )
+    tables = parquet_files(local_dir)
+    assert parquet_files(slurm_dir) == tables
     assert len(tables) >= 8
     for rel in tables:
         assert pq.read_table(slurm_dir / rel).equals(pq.read_table(local_dir / rel)), rel
