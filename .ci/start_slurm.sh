@@ -18,7 +18,9 @@ fi
 
 node=$(hostname -s)
 cpus=$(nproc)
-mem=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))
+mem=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))  # MB
+# running PID_FILE: the daemon of that pid file is alive (no procps on a bare Debian)
+running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # munge: the package creates the key; make one if it did not
 if [ ! -s /etc/munge/munge.key ]; then
@@ -27,9 +29,7 @@ fi
 mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
 chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
-if ! pgrep -x munged >/dev/null; then
-    runuser -u munge -- /usr/sbin/munged
-fi
+running /run/munge/munged.pid || runuser -u munge -- /usr/sbin/munged
 munge -n | unmunge >/dev/null
 
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
@@ -62,8 +62,8 @@ NodeName=${node} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
 PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd -N "${node}"
+running /run/slurmctld.pid || slurmctld
+running /run/slurmd.pid || slurmd -N "${node}"
 
 for _ in $(seq 60); do
     state=$(sinfo -h -N -o %t 2>/dev/null | head -1 || true)

@@ -63,6 +63,16 @@ def job_resources(output: str) -> dict[tuple[str, str], dict[str, str]]:
     return jobs
 
 
+def test_every_rule_declares_what_a_scheduler_needs():
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for block in smk.read_text().split("\nrule ")[1:]:
+            name = block.split(":", 1)[0]
+            for directive in ("log:", "benchmark:", "threads:", "resources:"):
+                assert f"\n    {directive}" in block, f"{smk.name}: rule {name} has no {directive}"
+            resources = block.split("\n    resources:", 1)[1].split("\n    params:", 1)[0]
+            assert "mem_mb=" in resources and "runtime=" in resources, f"rule {name}"
+
+
 def test_gpu_is_requested_only_for_the_model_that_needs_one(tmp_path):
     cfg = tiny_config()
     cfg["models"]["big"] = GPU_MODEL
