@@ -74,8 +74,8 @@ def cluster_resource(key):
 
 
 def model_cluster_resources():
-    """`resources:` entries for the cluster keys of a rule that loads a model: one per key
-    some configured model uses (so a CPU-only config adds none), valued per job."""
+    """`resources:` entries of the cluster keys, for the rules that load a model; one per
+    key some configured model uses (so a CPU-only config adds none), valued per job."""
     keys = sorted({key for model in MODELS for key in cluster_resources(model)})
     return {key: cluster_resource(key) for key in keys}
 
