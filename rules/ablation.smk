@@ -18,9 +18,9 @@ rule ablate_neurons:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model)["dtype"],
@@ -47,9 +47,9 @@ rule perturb_regions:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model)["dtype"],

@@ -61,6 +61,26 @@ def model_resources(model, key):
     return model_spec(model)["resources"][key]
 
 
+def cluster_resources(model):
+    """Cluster requests of a model's jobs: `gpu`/`gpu_model` only if it asks for a GPU
+    (tiny and default models never do), `slurm_partition` if set."""
+    res = model_spec(model)["resources"]
+    keys = ["slurm_partition"] + (["gpu", "gpu_model"] if res["gpu"] else [])
+    return {key: res[key] for key in keys if key in res}
+
+
+def cluster_resource(key):
+    """Resource function: the job's model's value of `key` (None: not requested)."""
+    return lambda wc: cluster_resources(wc.model).get(key)
+
+
+def model_cluster_resources():
+    """`resources:` entries of the cluster keys, for the rules that load a model; one per
+    key some configured model uses (so a CPU-only config adds none), valued per job."""
+    keys = sorted({key for model in MODELS for key in cluster_resources(model)})
+    return {key: cluster_resource(key) for key in keys}
+
+
 def corpus_of(model):
     return model_spec(model)["corpus"]
 

@@ -16,9 +16,9 @@ rule count_activations:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model).get("dtype", "float32"),
@@ -42,9 +42,9 @@ rule plnd_stats:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model)["dtype"],
@@ -67,9 +67,9 @@ rule lape_stats:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model)["dtype"],
@@ -116,9 +116,9 @@ rule logit_lens:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model)["dtype"],

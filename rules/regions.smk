@@ -17,9 +17,9 @@ rule region_scores:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: 2 * model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model)["dtype"],
@@ -81,9 +81,9 @@ rule freeze_train:
         "../envs/workflow.yaml"
     threads: lambda wc: model_resources(wc.model, "threads")
     resources:
+        **model_cluster_resources(),
         mem_mb=lambda wc: 2 * model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
-        gpu=lambda wc: model_resources(wc.model, "gpu"),
     params:
         model_path=lambda wc: model_dir(wc.model),
         dtype=lambda wc: model_spec(wc.model)["dtype"],

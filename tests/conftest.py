@@ -208,11 +208,12 @@ def corpus_writer(tmp_path) -> Callable[..., Path]:
     return factory
 
 
-def run_snakemake(workdir: Path, cfg: dict, *args: str, timeout: int = 1500):
-    """Run the repo's Snakefile in ``workdir`` with config ``cfg``; ``(process, output)``."""
+def snakemake_command(workdir: Path, cfg: dict, *args: str) -> list[str]:
+    """The command running the repo's Snakefile in ``workdir`` with config ``cfg`` (written
+    beside ``workdir``); run it from ``workdir.parent``."""
     cfg_file = workdir.parent / f"{workdir.name}.config.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -226,5 +227,10 @@ def run_snakemake(workdir: Path, cfg: dict, *args: str, timeout: int = 1500):
         "--configfile",
         str(cfg_file),
     ]
+
+
+def run_snakemake(workdir: Path, cfg: dict, *args: str, timeout: int = 1500):
+    """Run the repo's Snakefile in ``workdir`` with config ``cfg``; ``(process, output)``."""
+    cmd = snakemake_command(workdir, cfg, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir.parent)
     return proc, proc.stdout + proc.stderr

@@ -36,7 +36,8 @@ def test_repo_config_is_valid_and_defaults_are_filled(config):
     assert corpus["eval_fraction"] == 0.1
     for model in cfg["models"].values():
         assert model["dtype"] == "float32"
-        assert set(model["resources"]) == {"threads", "mem_mb", "runtime", "gpu", "gpu_model"}
+        assert set(model["resources"]) == {"threads", "mem_mb", "runtime", "gpu"}
+        assert model["resources"]["gpu"] == 0  # the default models never ask for a GPU
     assert cfg["models"]["gemma"]["resources"]["mem_mb"] == 8000  # given value kept
     tiny = cfg["models"]["qwen"]["tiny"]
     assert tiny["warmup"] == 0.05 and tiny["weight_decay"] == 0.01

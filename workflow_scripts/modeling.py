@@ -14,10 +14,10 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from .io import atomic_path
+
+# torch and transformers are imported where a model is loaded: the Snakefile imports the
+# path checks below, and a dry run should not pay seconds of imports for them
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ def check_model_path(path: str) -> None:
 
 def load_model(path: str | Path, dtype: str = "float32", threads: int | None = None):
     """Load ``(model, tokenizer)`` in eval mode from a hub id or local directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     path = str(path)
     check_model_path(path)
     if looks_local(path):
@@ -80,6 +83,9 @@ def convert_gguf(source: str, out_dir: str | Path, dtype: str = "float32") -> No
     with ``from_config`` on its config without ``quantization_config`` and the
     dequantized state dict is loaded into it.
     """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     out_dir = Path(out_dir)
     with atomic_path(out_dir, is_dir=True) as tmp:
         gguf = resolve_gguf(source, tmp)
