@@ -360,3 +360,18 @@ def test_ablation_matrix_rejects_bad_input_before_computing(
     with pytest.raises(ValueError, match="999"):
         ablation_matrix(model, tiny_tokenizer, {"en": [(0, "mlp", 999)]}, {"en": ["a b c"]})
     assert not calls
+
+
+def test_evaluation_language_without_eval_split_is_left_out(tmp_path, caplog):
+    from conftest import write_corpus
+
+    from workflow_scripts.ablation import evaluation_texts
+
+    good = write_corpus(tmp_path / "en.parquet", ["one text here", "two texts here"])
+    train_only = write_corpus(tmp_path / "fr.parquet", [{"text": "un texte", "split": "train"}])
+    with caplog.at_level(logging.WARNING):
+        texts, skipped = evaluation_texts({"en": str(good), "fr": str(train_only)}, "eval", 5)
+    assert list(texts) == ["en"] and len(texts["en"]) == 2 and skipped == ["fr"]
+    assert "evaluation language fr left out" in caplog.text and "no documents" in caplog.text
+    with pytest.raises(ValueError, match=r"no evaluation language has 'eval' documents: \['fr'\]"):
+        evaluation_texts({"fr": str(train_only)}, "eval", 5)

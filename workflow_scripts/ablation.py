@@ -156,6 +156,29 @@ def perplexity(
     return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens)
 
 
+def evaluation_texts(
+    corpora: Mapping[str, str], split: str, n_docs: int
+) -> tuple[dict[str, list[str]], list[str]]:
+    """``lang -> texts`` of every evaluation language that has ``split`` documents.
+
+    A language without any is left out with a warning (and returned in the second
+    list) so that the other languages' results are still produced; if no language
+    has texts, a clear error.
+    """
+    from .corpus import sample_texts
+
+    texts, skipped = {}, []
+    for lang, path in corpora.items():
+        try:
+            texts[lang] = sample_texts(path, split, n_docs)
+        except ValueError as err:
+            log.warning("evaluation language %s left out: %s", lang, err)
+            skipped.append(lang)
+    if not texts:
+        raise ValueError(f"no evaluation language has {split!r} documents: {skipped}")
+    return texts, skipped
+
+
 # -------------------------------------------------------------------- deactivation
 
 

@@ -1,5 +1,4 @@
-from workflow_scripts.ablation import ablation_matrix, units_from_table
-from workflow_scripts.corpus import sample_texts
+from workflow_scripts.ablation import ablation_matrix, evaluation_texts, units_from_table
 from workflow_scripts.io import read_parquet, write_parquet
 from workflow_scripts.modeling import load_model
 from workflow_scripts.steps._step import run, threads
@@ -9,10 +8,7 @@ sm = snakemake
 
 def main() -> None:
     s, lang = sm.params.settings, sm.wildcards.lang
-    eval_texts = {
-        eval_lang: sample_texts(path, s["split"], s["n_docs"])
-        for eval_lang, path in sm.params.corpora.items()
-    }
+    eval_texts, skipped = evaluation_texts(sm.params.corpora, s["split"], s["n_docs"])
     model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
     table = ablation_matrix(
         model,
@@ -26,7 +22,8 @@ def main() -> None:
         batch_size=s["batch_size"],
         max_tokens=s["max_tokens"],
     )
-    write_parquet(table, sm.output[0], metadata={"method": sm.wildcards.method, **s})
+    meta = {"method": sm.wildcards.method, **s, "skipped_eval_langs": skipped}
+    write_parquet(table, sm.output[0], metadata=meta)
 
 
 run(sm, main)

@@ -1,4 +1,4 @@
-from workflow_scripts.corpus import sample_texts
+from workflow_scripts.ablation import evaluation_texts
 from workflow_scripts.io import read_parquet, write_parquet
 from workflow_scripts.modeling import load_model
 from workflow_scripts.regions import perturbation_table
@@ -9,10 +9,7 @@ sm = snakemake
 
 def main() -> None:
     s, r = sm.params.settings, sm.params.regions
-    eval_texts = {
-        lang: sample_texts(path, s["split"], s["n_docs"])
-        for lang, path in sm.params.corpora.items()
-    }
+    eval_texts, skipped = evaluation_texts(sm.params.corpora, s["split"], s["n_docs"])
     model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
     table = perturbation_table(
         model,
@@ -28,7 +25,9 @@ def main() -> None:
         batch_size=s["batch_size"],
         max_tokens=s["max_tokens"],
     )
-    write_parquet(table, sm.output[0], metadata={"method": "region", **r, **s})
+    write_parquet(
+        table, sm.output[0], metadata={"method": "region", **r, **s, "skipped_eval_langs": skipped}
+    )
 
 
 run(sm, main)
