@@ -7,21 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BUNDLED, run_snakemake
 from openai_server import FakeOpenAI
+from test_config import TINY
 from test_translate import ENV, KEY, assert_key_absent, write_dataset
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "architecture": "qwen2",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_layers": 2,
-    "vocab_size": 500,
-    "steps": 20,
-    "seq_len": 32,
-    "batch_size": 4,
-    "languages": ["en", "fr"],
-}
 TARGETS = [f"results/translated/demo/{lang}.parquet" for lang in ("fr", "zh")]
 
 

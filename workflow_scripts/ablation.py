@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -154,6 +155,11 @@ def perplexity(
     finally:
         model.train(was_training)
     return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens)
+
+
+def perplexity_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`perplexity` keywords among the ablation settings."""
+    return {key: settings[key] for key in ("max_length", "batch_size", "max_tokens")}
 
 
 def evaluation_texts(

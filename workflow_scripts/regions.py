@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import random
+import sys
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -284,6 +285,21 @@ def train_steps(
     return {"losses": losses, "resumed_at_step": start, "train_seconds": time.time() - t0}
 
 
+def continued_pretraining(
+    model: nn.Module,
+    docs: Sequence[list[int]],
+    settings: Mapping[str, Any],
+    pad_id: int,
+    checkpoint: TrainingCheckpoint | None = None,
+    after_step=None,
+) -> dict[str, Any]:
+    """``settings["steps"]`` seeded training steps on ``docs`` (see :func:`train_steps`)."""
+    torch.manual_seed(settings.get("seed", 0))
+    trainer = make_trainer(model, settings)
+    batches = training_batches(docs, settings["batch_size"], settings.get("seed", 0), pad_id)
+    return train_steps(trainer, batches, settings["steps"], checkpoint, after_step)
+
+
 def delta_scores(
     model: nn.Module,
     docs: Sequence[list[int]],
@@ -296,11 +312,8 @@ def delta_scores(
     ``settings``: steps, batch_size, lr, weight_decay, trainable, seed, engine
     (``torch`` or ``deepspeed``). The model is trained in place.
     """
-    torch.manual_seed(settings.get("seed", 0))
     before = {n: p.detach().clone() for n, p in region_parameters(model).items()}
-    trainer = make_trainer(model, settings)
-    batches = training_batches(docs, settings["batch_size"], settings.get("seed", 0), pad_id)
-    info = train_steps(trainer, batches, settings["steps"], checkpoint)
+    info = continued_pretraining(model, docs, settings, pad_id, checkpoint)
     after = region_parameters(model)
     return {n: (after[n].detach() - before[n]).abs().float() for n in before}, info
 
@@ -551,7 +564,6 @@ def freeze_train(
     checkpoint: TrainingCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` while restoring ``region``'s elements after every optimizer step."""
-    torch.manual_seed(settings.get("seed", 0))
     params = _region_params(model, region)
     frozen = {n: params[n].detach().view(-1)[region[n]].clone() for n in params}
 
@@ -560,11 +572,38 @@ def freeze_train(
             for n, p in params.items():
                 p.data.view(-1)[region[n]] = frozen[n]
 
-    trainer = make_trainer(model, settings)
-    batches = training_batches(docs, settings["batch_size"], settings.get("seed", 0), pad_id)
-    info = train_steps(trainer, batches, settings["steps"], checkpoint, restore)
+    info = continued_pretraining(model, docs, settings, pad_id, checkpoint, restore)
     info["frozen_elements"] = int(sum(i.numel() for i in region.values()))
     return info
+
+
+# --------------------------------------------------------------- rule helper
+
+
+def training_run(
+    model_path: str,
+    dtype: str,
+    threads: int,
+    corpus: str,
+    settings: Mapping[str, Any],
+    checkpoint_dir: str,
+    checkpoint_every: int,
+    **identity: str,
+):
+    """What a training rule starts from: ``(model, tokenizer, docs, checkpoint)``.
+
+    The checkpoint is keyed by the settings, the model, ``identity`` (language,
+    region ...) and the source of this module, so stale state is never resumed.
+    """
+    from .checkpoints import source_hash
+    from .corpus import sample_texts
+    from .modeling import load_model
+
+    model, tokenizer = load_model(model_path, dtype, threads)
+    texts = sample_texts(corpus, "train", settings["n_docs"])
+    docs = training_documents(tokenizer, texts, settings["max_length"])
+    key = {**settings, **identity, "model": model_path, "code": source_hash(sys.modules[__name__])}
+    return model, tokenizer, docs, TrainingCheckpoint(checkpoint_dir, key, checkpoint_every)
 
 
 # ------------------------------------------------------------------- summary

@@ -1,4 +1,9 @@
-from workflow_scripts.ablation import ablation_matrix, evaluation_texts, units_from_table
+from workflow_scripts.ablation import (
+    ablation_matrix,
+    evaluation_texts,
+    perplexity_settings,
+    units_from_table,
+)
 from workflow_scripts.io import read_parquet, write_parquet
 from workflow_scripts.modeling import load_model
 from workflow_scripts.steps._step import run, threads
@@ -18,9 +23,7 @@ def main() -> None:
         n_random=s["n_random"],
         seed=s["seed"],
         mode=s["mode"],
-        max_length=s["max_length"],
-        batch_size=s["batch_size"],
-        max_tokens=s["max_tokens"],
+        **perplexity_settings(s),
     )
     meta = {"method": sm.wildcards.method, **s, "skipped_eval_langs": skipped}
     write_parquet(table, sm.output[0], metadata=meta)

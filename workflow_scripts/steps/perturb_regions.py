@@ -1,4 +1,4 @@
-from workflow_scripts.ablation import evaluation_texts
+from workflow_scripts.ablation import evaluation_texts, perplexity_settings
 from workflow_scripts.io import read_parquet, write_parquet
 from workflow_scripts.modeling import load_model
 from workflow_scripts.regions import perturbation_table
@@ -21,9 +21,7 @@ def main() -> None:
         scale=r["perturb_scale"],
         kinds=r["perturb_kinds"],
         seed=s["seed"],
-        max_length=s["max_length"],
-        batch_size=s["batch_size"],
-        max_tokens=s["max_tokens"],
+        **perplexity_settings(s),
     )
     write_parquet(
         table, sm.output[0], metadata={"method": "region", **r, **s, "skipped_eval_langs": skipped}

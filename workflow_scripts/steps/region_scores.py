@@ -1,12 +1,8 @@
-from workflow_scripts import regions
-from workflow_scripts.checkpoints import TrainingCheckpoint, source_hash
-from workflow_scripts.corpus import sample_texts
-from workflow_scripts.modeling import load_model
 from workflow_scripts.regions import (
     delta_scores,
     grad_x_param_scores,
     pad_id,
-    training_documents,
+    training_run,
     write_scores,
 )
 from workflow_scripts.steps._step import run, threads
@@ -16,18 +12,15 @@ sm = snakemake
 
 def main() -> None:
     s = sm.params.settings
-    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
-    texts = sample_texts(sm.input.corpus, "train", s["n_docs"])
-    docs = training_documents(tokenizer, texts, s["max_length"])
-    checkpoint = TrainingCheckpoint(
+    model, tokenizer, docs, checkpoint = training_run(
+        sm.params.model_path,
+        sm.params.dtype,
+        threads(sm),
+        sm.input.corpus,
+        s,
         sm.params.checkpoint_dir,
-        {
-            **s,
-            "code": source_hash(regions),
-            "model": sm.params.model_path,
-            "lang": sm.wildcards.lang,
-        },
         sm.params.checkpoint_every,
+        lang=sm.wildcards.lang,
     )
     compute = delta_scores if s["score"] == "delta" else grad_x_param_scores
     scores, info = compute(model, docs, s, pad_id(tokenizer), checkpoint)
