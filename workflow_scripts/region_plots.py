@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from .io import read_metadata, read_parquet
 from .plots import _save
@@ -101,6 +102,7 @@ def plot_regions(
     ax = axes[0, 0]
     for i, lang in enumerate(by_layer.columns):
         ax.plot(by_layer.index, 100 * by_layer[lang], marker="o", ms=3, label=lang, color=f"C{i}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("share of the layer's parameters (%)")
     ax.set_title("monolingual regions by layer", fontsize=11)
