@@ -73,6 +73,12 @@ def write_dataset(tmp_path: Path, n: int, langs=("en", *TARGETS)) -> tuple[dict,
     return spec, refs
 
 
+def translate_cli(cfg_file, lang: str, *options: str) -> list[str]:
+    """The translation CLI on dataset ``demo`` of ``cfg_file``."""
+    cmd = [sys.executable, "-m", "workflow_scripts.translate", "--config", str(cfg_file)]
+    return [*cmd, "--dataset", "demo", "--lang", lang, *options]
+
+
 def settings(server: FakeOpenAI, **over) -> dict:
     base = {
         "model": "fake-translator",
@@ -422,21 +428,7 @@ def test_killed_run_resumes_and_pays_each_item_once(tmp_path, make_server):
     cfg_file.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out" / "fr.parquet"
     cache = tmp_path / "cache" / "fr.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "workflow_scripts.translate",
-        "--config",
-        str(cfg_file),
-        "--dataset",
-        "demo",
-        "--lang",
-        "fr",
-        "--out",
-        str(out),
-        "--cache",
-        str(cache),
-    ]
+    cmd = translate_cli(cfg_file, "fr", "--out", str(out), "--cache", str(cache))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     logs = []
     with (tmp_path / "run1.log").open("w") as log1:
@@ -472,20 +464,7 @@ def test_sigterm_finishes_the_calls_in_flight_then_stops(tmp_path, make_server):
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     cache = tmp_path / "cache.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "workflow_scripts.translate",
-        "--config",
-        str(cfg_file),
-        "--dataset",
-        "demo",
-        "--lang",
-        "zh",
-        "--cache",
-        str(cache),
-        "--no-progress",
-    ]
+    cmd = translate_cli(cfg_file, "zh", "--cache", str(cache), "--no-progress")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

@@ -580,30 +580,26 @@ def freeze_train(
 # --------------------------------------------------------------- rule helper
 
 
-def training_run(
-    model_path: str,
-    dtype: str,
-    threads: int,
-    corpus: str,
-    settings: Mapping[str, Any],
-    checkpoint_dir: str,
-    checkpoint_every: int,
-    **identity: str,
-):
+def training_run(params, corpus: str, threads: int, **identity: str):
     """What a training rule starts from: ``(model, tokenizer, docs, checkpoint)``.
 
-    The checkpoint is keyed by the settings, the model, ``identity`` (language,
-    region ...) and the source of this module, so stale state is never resumed.
+    ``params``: the rule's params (model_path, dtype, settings, checkpoint_dir,
+    checkpoint_every). The checkpoint is keyed by the settings, the model,
+    ``identity`` (language, region ...) and the source of this module, so stale
+    state is never resumed.
     """
     from .checkpoints import source_hash
     from .corpus import sample_texts
     from .modeling import load_model
 
-    model, tokenizer = load_model(model_path, dtype, threads)
+    settings = params.settings
+    model, tokenizer = load_model(params.model_path, params.dtype, threads)
     texts = sample_texts(corpus, "train", settings["n_docs"])
     docs = training_documents(tokenizer, texts, settings["max_length"])
-    key = {**settings, **identity, "model": model_path, "code": source_hash(sys.modules[__name__])}
-    return model, tokenizer, docs, TrainingCheckpoint(checkpoint_dir, key, checkpoint_every)
+    code = source_hash(sys.modules[__name__])
+    key = {**settings, **identity, "model": params.model_path, "code": code}
+    checkpoint = TrainingCheckpoint(params.checkpoint_dir, key, params.checkpoint_every)
+    return model, tokenizer, docs, checkpoint
 
 
 # ------------------------------------------------------------------- summary

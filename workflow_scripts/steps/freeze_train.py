@@ -10,15 +10,7 @@ sm = snakemake
 def main() -> None:
     s = sm.params.settings
     model, tokenizer, docs, checkpoint = training_run(
-        sm.params.model_path,
-        sm.params.dtype,
-        threads(sm),
-        sm.input.corpus,
-        s,
-        sm.params.checkpoint_dir,
-        sm.params.checkpoint_every,
-        lang=sm.wildcards.lang,
-        region=sm.wildcards.region,
+        sm.params, sm.input.corpus, threads(sm), lang=sm.wildcards.lang, region=sm.wildcards.region
     )
     region = region_indices(read_parquet(sm.input.region))
     info = freeze_train(model, docs, region, s, pad_id(tokenizer), checkpoint)

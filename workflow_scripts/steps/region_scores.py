@@ -13,14 +13,7 @@ sm = snakemake
 def main() -> None:
     s = sm.params.settings
     model, tokenizer, docs, checkpoint = training_run(
-        sm.params.model_path,
-        sm.params.dtype,
-        threads(sm),
-        sm.input.corpus,
-        s,
-        sm.params.checkpoint_dir,
-        sm.params.checkpoint_every,
-        lang=sm.wildcards.lang,
+        sm.params, sm.input.corpus, threads(sm), lang=sm.wildcards.lang
     )
     compute = delta_scores if s["score"] == "delta" else grad_x_param_scores
     scores, info = compute(model, docs, s, pad_id(tokenizer), checkpoint)
