@@ -23,11 +23,11 @@ import torch
 from common import parser, texts_of, timed
 
 from workflow_scripts.modeling import load_model
+from workflow_scripts.padding import pad_id
 from workflow_scripts.regions import (
     _collate,
     grad_x_param_scores,
     make_trainer,
-    pad_id,
     training_documents,
 )
 

@@ -12,6 +12,7 @@ from conftest import make_model
 from safetensors.numpy import save_file
 
 from workflow_scripts.checkpoints import TrainingCheckpoint
+from workflow_scripts.padding import pad_id
 from workflow_scripts.regions import (
     DeepSpeedTrainer,
     _collate,
@@ -20,7 +21,6 @@ from workflow_scripts.regions import (
     freeze_train,
     grad_x_param_scores,
     make_trainer,
-    pad_id,
     param_kind,
     perturbation_table,
     perturbed,

@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .corpus import sample_texts
 from .mlp import UP_NAMES, _child, mlp_sites
+from .padding import pad_id, right_padded
 from .plnd import attention_sites
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ def perplexity(
     docs = _budgeted_ids(tokenizer, texts, max_length, max_tokens)
     if not docs:
         raise ValueError("perplexity: no text has a token to predict")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     trunk, head, cap = model.base_model, model.get_output_embeddings(), _softcap(model)
     device = next(model.parameters()).device
     was_training = model.training
@@ -140,12 +142,7 @@ def perplexity(
         nll_sum, n_tokens = 0.0, 0
         for start in range(0, len(order), batch_size):
             batch = [docs[i] for i in order[start : start + batch_size]]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):  # right padding
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
+            input_ids, mask = right_padded(batch, pad)
             input_ids, mask = input_ids.to(device), mask.to(device)
             hidden = trunk(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
             valid = mask[:, 1:].bool()  # position t predicts token t+1
@@ -171,8 +168,6 @@ def evaluation_texts(
     list) so that the other languages' results are still produced; if no language
     has texts, a clear error.
     """
-    from .corpus import sample_texts
-
     texts, skipped = {}, []
     for lang, path in corpora.items():
         try:

@@ -84,9 +84,13 @@ class TrainingCheckpoint:
         log.info("resuming from checkpoint %s at step %d", self.path, state["step"])
         return state["step"], state.get("extra", {})
 
+    def due(self, step: int) -> bool:
+        """Whether a save is due after ``step`` completed steps (a multiple of ``every``)."""
+        return self.every > 0 and step % self.every == 0
+
     def maybe_save(self, step: int, model, optimizer, scheduler=None, extra=None) -> bool:
-        """Save after ``step`` completed steps if it is a multiple of ``every``."""
-        if self.every <= 0 or step % self.every:
+        """Save after ``step`` completed steps if :meth:`due`."""
+        if not self.due(step):
             return False
         self.save(step, model, optimizer, scheduler, extra)
         return True

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .mlp import decoder_layers
+from .padding import pad_id, right_padded
 
 log = logging.getLogger(__name__)
 
@@ -165,17 +166,7 @@ def encode_right_padded(
         max_length=max_length,
         add_special_tokens=add_special_tokens,
     )
-    seqs = enc["input_ids"]
-    width = max((len(s) for s in seqs), default=0)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if isinstance(tokenizer.eos_token_id, int) else 0
-    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return input_ids, attention_mask
+    return right_padded(enc["input_ids"], pad_id(tokenizer))
 
 
 def logit_lens(

@@ -40,9 +40,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoints import TrainingCheckpoint
+from .checkpoints import TrainingCheckpoint, source_hash
+from .corpus import sample_texts
 from .io import atomic_path
 from .mlp import decoder_layers
+from .modeling import load_model
+from .padding import right_padded
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +112,7 @@ def training_documents(tokenizer, texts: Sequence[str], max_length: int) -> list
 
 
 def _collate(docs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(d) for d in docs)
-    ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(docs), width), dtype=torch.long)
-    for row, d in enumerate(docs):
-        ids[row, : len(d)] = torch.tensor(d)
-        mask[row, : len(d)] = 1
+    ids, mask = right_padded(docs, pad_id)
     labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
@@ -129,14 +127,6 @@ def training_batches(
         rng.shuffle(order)
         for i in range(0, len(order), batch_size):
             yield _collate([docs[j] for j in order[i : i + batch_size]], pad_id)
-
-
-def pad_id(tokenizer) -> int:
-    """The padding id for training batches (pad, else EOS, else 0)."""
-    for pid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if pid is not None:
-            return pid
-    return 0
 
 
 # --------------------------------------------------------------------- scores
@@ -238,7 +228,7 @@ class DeepSpeedTrainer:
         return state["step"], state.get("extra", {})
 
     def save(self, checkpoint: TrainingCheckpoint, step: int, extra: dict) -> None:
-        if checkpoint.every > 0 and step % checkpoint.every == 0:
+        if checkpoint.due(step):
             state = {"key": checkpoint.key, "step": step, "extra": extra}
             self.engine.save_checkpoint(str(checkpoint.directory / "deepspeed"), client_state=state)
 
@@ -588,10 +578,6 @@ def training_run(params, corpus: str, threads: int, **identity: str):
     ``identity`` (language, region ...) and the source of this module, so stale
     state is never resumed.
     """
-    from .checkpoints import source_hash
-    from .corpus import sample_texts
-    from .modeling import load_model
-
     settings = params.settings
     model, tokenizer = load_model(params.model_path, params.dtype, threads)
     texts = sample_texts(corpus, "train", settings["n_docs"])

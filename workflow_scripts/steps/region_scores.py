@@ -1,7 +1,7 @@
+from workflow_scripts.padding import pad_id
 from workflow_scripts.regions import (
     delta_scores,
     grad_x_param_scores,
-    pad_id,
     training_run,
     write_scores,
 )

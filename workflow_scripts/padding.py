@@ -1,0 +1,30 @@
+"""Right-padded batches of token ids, shared by every teacher-forced computation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def pad_id(tokenizer) -> int:
+    """The id padded positions get: the pad token, else EOS, else 0.
+
+    Padded positions are masked (and come after the text), so the value never
+    changes a result; the tokenizer is not modified.
+    """
+    for pid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(pid, int):
+            return pid
+    return 0
+
+
+def right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` ``[len(seqs), longest]``, the sequences left-aligned."""
+    width = max((len(s) for s in seqs), default=0)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask
