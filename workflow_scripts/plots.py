@@ -37,30 +37,57 @@ def _condition_style(condition: str, i: int) -> dict:
     return {"color": plt.cm.tab10(i % 10), "lw": 1.3, "ls": ("-", "--", ":")[i // 10 % 3]}
 
 
+def frequencies(
+    counts: Mapping[str, np.ndarray], n_positions: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """Activation frequency per condition: count / recorded positions, so conditions of
+    different length (80 parallel prompts' positions vs 1,500 of one language) compare."""
+    return {cond: c / max(n_positions[cond], 1) for cond, c in counts.items()}
+
+
 def heatmap(
     counts: Mapping[str, np.ndarray], n_positions: Mapping[str, int], model: str, out: str | Path
 ) -> None:
-    """One panel per condition: layers (y, origin bottom) x neuron index (x), colour = count."""
-    n = len(counts)
+    """One panel per condition: layers (y, origin bottom) x neuron index (x), colour =
+    activation frequency (count / recorded positions) on one colour scale, 0 to 1, shared
+    by every panel (the counts themselves stay in the activation tables)."""
+    freq = frequencies(counts, n_positions)
+    n = len(freq)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
-    for ax, (cond, c) in zip(axes.flat, counts.items(), strict=False):
-        im = ax.imshow(c, aspect="auto", origin="lower", cmap="hot", interpolation="nearest")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.4 * cols + 1.0, 3.4 * rows), squeeze=False, layout="constrained"
+    )
+    im = None
+    for ax, (cond, f) in zip(axes.flat, freq.items(), strict=False):
+        im = ax.imshow(
+            f,
+            aspect="auto",
+            origin="lower",
+            cmap="hot",
+            interpolation="nearest",
+            vmin=0.0,
+            vmax=1.0,
+        )
         ax.set_title(
             f"{condition_label(cond)}\n{n_positions[cond]:,} recorded positions", fontsize=10
         )
         ax.set_xlabel("MLP neuron index")
         ax.set_ylabel("layer")
-        ax.set_yticks(range(0, c.shape[0], 5))
-        fig.colorbar(im, ax=ax, label="activation count (act > 0)", shrink=0.85)
+        ax.set_yticks(range(0, f.shape[0], 5))
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    if im is not None:
+        fig.colorbar(
+            im,
+            ax=axes,
+            label="activation frequency (share of recorded positions with act > 0)",
+            shrink=0.9,
+        )
     fig.suptitle(
         f"{model}: how often each MLP neuron fires, per input condition ({n} conditions)",
         fontsize=13,
     )
-    fig.tight_layout()
     _save(fig, out)
 
 
@@ -90,20 +117,26 @@ def inhibition(shares: Mapping[str, np.ndarray], model: str, out: str | Path) ->
 
 
 def peaks(
-    counts: Mapping[str, np.ndarray], select_proportion: float, model: str, out: str | Path
+    counts: Mapping[str, np.ndarray],
+    n_positions: Mapping[str, int],
+    select_proportion: float,
+    model: str,
+    out: str | Path,
 ) -> None:
-    """Top ``select_proportion`` neurons by count: count vs rank, and kept neurons per layer."""
+    """Top ``select_proportion`` neurons by count: activation frequency vs rank, and kept
+    neurons per layer (the ranking is by count, the same as by frequency within a condition)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
-    for i, (cond, c) in enumerate(counts.items()):
+    for i, (cond, f) in enumerate(frequencies(counts, n_positions).items()):
         style = _condition_style(cond, i)
-        flat = np.sort(c.ravel())[::-1]
+        flat = np.sort(f.ravel())[::-1]
         k = int(np.ceil(select_proportion * flat.size))
         left.plot(np.arange(1, k + 1), flat[:k], label=condition_label(cond), **style)
-        per_layer = peak_neurons(c, select_proportion).sum(1)
+        per_layer = peak_neurons(counts[cond], select_proportion).sum(1)
         right.plot(np.arange(len(per_layer)), per_layer, marker="o", ms=3, **style)
     left.set_xlabel("rank (neurons sorted by activation count)")
-    left.set_ylabel("activation count")
-    left.set_title(f"top {100 * select_proportion:g}% neurons: count by rank")
+    left.set_ylabel("activation frequency (share of recorded positions with act > 0)")
+    left.set_ylim(0, 1.02)
+    left.set_title(f"top {100 * select_proportion:g}% neurons: frequency by rank")
     left.set_xscale("log")
     right.set_xlabel("layer")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -141,6 +174,7 @@ def plot_activation_figures(
         cond: read_parquet(path, ["inhibited_share"])["inhibited_share"].to_numpy()
         for cond, path in inhibition_files.items()
     }
-    heatmap(counts, {cond: n for cond, (_, n) in loaded.items()}, model, heatmap_out)
+    n_positions = {cond: n for cond, (_, n) in loaded.items()}
+    heatmap(counts, n_positions, model, heatmap_out)
     inhibition(shares, model, inhibition_out)
-    peaks(counts, select_proportion, model, peaks_out)
+    peaks(counts, n_positions, select_proportion, model, peaks_out)
