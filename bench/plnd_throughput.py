@@ -25,13 +25,13 @@ import time
 import torch
 from common import alternate, parser, right_padded_batches, texts_of, timed
 
-from workflow_scripts.mlp import mlp_sites
-from workflow_scripts.modeling import load_model
-from workflow_scripts.plnd import plnd_scores
+from workflow_scripts.models.anatomy import mlp_sites
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.neurons.plnd import plnd_scores
 
 
 def memory_child(args: argparse.Namespace, n_docs: int) -> None:
-    from workflow_scripts.neurons import plnd_stats
+    from workflow_scripts.neurons.selection import plnd_stats
 
     model, tok = load_model(args.model, threads=args.threads)
     settings = {

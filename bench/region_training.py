@@ -22,9 +22,9 @@ import psutil
 import torch
 from common import parser, texts_of, timed
 
-from workflow_scripts.modeling import load_model
-from workflow_scripts.padding import pad_id
-from workflow_scripts.regions import (
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.models.padding import pad_id
+from workflow_scripts.regions.regions import (
     _collate,
     grad_x_param_scores,
     make_trainer,

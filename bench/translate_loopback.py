@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from openai_server import FakeOpenAI  # noqa: E402
 
-from workflow_scripts.translate import translate_dataset  # noqa: E402
+from workflow_scripts.translation.run import translate_dataset  # noqa: E402
 
 KEY = "sk-bench-loopback-key"
 ENV = "BENCH_LOOPBACK_KEY"
@@ -161,7 +161,7 @@ def kill_resume(tmp: Path, spec: dict, refs: dict, args, sig: signal.Signals) ->
             cmd = [
                 sys.executable,
                 "-m",
-                "workflow_scripts.translate",
+                "workflow_scripts.translation.run",
                 "--config",
                 str(cfg_file),
                 "--dataset",

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts.languages import check_language
-from workflow_scripts.modeling import check_model_path, looks_local
+from workflow_scripts.models.loading import check_model_path, looks_local
 
 LANGS = [check_language(lang) for lang in config["languages"]]
 MODELS = config["models"]

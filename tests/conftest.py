@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from workflow_scripts.corpus import CORPUS_COLUMNS, split_of  # noqa: E402
+from workflow_scripts.data.corpus import CORPUS_COLUMNS, split_of  # noqa: E402
 from workflow_scripts.io import write_parquet  # noqa: E402
-from workflow_scripts.tiny import build_config, train_tokenizer  # noqa: E402
+from workflow_scripts.models.tiny import build_config, train_tokenizer  # noqa: E402
 
 BUNDLED = REPO / "resources" / "corpus" / "bundled.parquet"
 SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
@@ -110,7 +110,7 @@ def make_model(tokenizer, arch: str = "qwen2", **spec_overrides):
 def direct_activation(model_type: str, mlp: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
     """Neuron activations of one MLP computed from its input ``h`` and its raw weights.
 
-    Independent of :mod:`workflow_scripts.mlp`: gated MLPs ``act(h @ W_gate^T)``
+    Independent of :mod:`workflow_scripts.models.anatomy`: gated MLPs ``act(h @ W_gate^T)``
     (SiLU; GELU-tanh for Gemma 3), GPT-2 ``gelu_new(h @ W_fc + b)`` (Conv1D weight
     is ``[in, out]``), Bloom ``gelu_tanh(h @ W^T + b)``.
     """
@@ -136,7 +136,7 @@ def direct_capture(model: torch.nn.Module):
     Hooks only the MLP modules' *inputs* (own forward pre-hooks) and computes the
     activation from the weights with :func:`direct_activation`.
     """
-    from workflow_scripts.mlp import decoder_layers
+    from workflow_scripts.models.anatomy import decoder_layers
 
     model_type = model.config.model_type
     acts: dict[int, list[torch.Tensor]] = {}

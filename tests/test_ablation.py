@@ -1,4 +1,4 @@
-"""Tests of workflow_scripts.ablation: perplexity, deactivation, random sets, ablation matrix.
+"""Tests of workflow_scripts.evaluation.ablation: perplexity, deactivation, random sets, ablation matrix.
 
 Every check compares against an independent computation: the model's own forward one
 text at a time for perplexity, and weights zeroed by hand in a deep copy for
@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import GATED
 
-from workflow_scripts import ablation
-from workflow_scripts.ablation import (
+from workflow_scripts.evaluation import ablation
+from workflow_scripts.evaluation.ablation import (
     MATRIX_COLUMNS,
     ablation_matrix,
     all_units,
@@ -313,7 +313,7 @@ def test_ablation_matrix(tiny_model, tiny_tokenizer, sentences, caplog):
     selections = {"en": sel_en, "fr": sel_fr, "de": []}
     evals = {"en": sentences["en"][:3], "ru": sentences["ru"][:3]}
     kw = {"max_length": MAX_LEN, "batch_size": 2}
-    with caplog.at_level(logging.WARNING, logger="workflow_scripts.ablation"):
+    with caplog.at_level(logging.WARNING, logger="workflow_scripts.evaluation.ablation"):
         table = ablation_matrix(model, tiny_tokenizer, selections, evals, n_random=2, seed=5, **kw)
     assert table.column_names == MATRIX_COLUMNS
     assert table.num_rows == 2 + 3 * 3 * 2
@@ -365,7 +365,7 @@ def test_ablation_matrix_rejects_bad_input_before_computing(
 def test_evaluation_language_without_eval_split_is_left_out(tmp_path, caplog):
     from conftest import write_corpus
 
-    from workflow_scripts.ablation import evaluation_texts
+    from workflow_scripts.evaluation.ablation import evaluation_texts
 
     good = write_corpus(tmp_path / "en.parquet", ["one text here", "two texts here"])
     train_only = write_corpus(tmp_path / "fr.parquet", [{"text": "un texte", "split": "train"}])

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from workflow_scripts.ablation_plots import change_matrix, plot_ablation
+from workflow_scripts.figures.ablation import change_matrix, plot_ablation
 from workflow_scripts.io import write_parquet
 
 LANGS = ["fr", "en", "zh"]

@@ -15,9 +15,9 @@ import torch
 from conftest import TINY_SPEC, direct_capture, synthetic_sentences
 from transformers import AutoModelForCausalLM
 
-from workflow_scripts.actcount import ActivationCounts, count_activations, peak_neurons
-from workflow_scripts.mlp import mlp_sites
-from workflow_scripts.tiny import build_config
+from workflow_scripts.models.anatomy import mlp_sites
+from workflow_scripts.models.tiny import build_config
+from workflow_scripts.neurons.actcount import ActivationCounts, count_activations, peak_neurons
 
 _S = synthetic_sentences(seed=1)
 # different lengths (so batches are padded), several scripts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflow_scripts import plots
+from workflow_scripts.figures import activations as plots
 
 
 def test_frequencies_divide_by_recorded_positions():

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BUNDLED
 
-from workflow_scripts import corpus as corpus_mod
-from workflow_scripts.corpus import (
+from workflow_scripts.data import corpus as corpus_mod
+from workflow_scripts.data.corpus import (
     CORPUS_COLUMNS,
     clean,
     corpus_texts,

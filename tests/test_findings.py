@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from workflow_scripts.findings import COLUMNS, findings_table, write_findings
+from workflow_scripts.evaluation.findings import COLUMNS, findings_table, write_findings
 from workflow_scripts.io import read_parquet, write_parquet
 
 LANGS = ["en", "fr", "de"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from workflow_scripts.actcount import count_activations
-from workflow_scripts.mlp import mlp_sites
-from workflow_scripts.modeling import convert_gguf, load_model
+from workflow_scripts.models.anatomy import mlp_sites
+from workflow_scripts.models.loading import convert_gguf, load_model
+from workflow_scripts.neurons.actcount import count_activations
 
 pytestmark = pytest.mark.slow
 

@@ -102,4 +102,5 @@ def test_transformers_extras_of_the_real_model_path():
     assert import_utils.is_gguf_available(), "gguf: reading GGUF files"
     assert import_utils.is_tokenizers_available()
     import safetensors  # noqa: F401  (every model directory is safetensors)
+
     assert import_utils.is_jinja_available(), "jinja2: chat templates"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from workflow_scripts.lape import entropy, lape_select
+from workflow_scripts.neurons.lape import entropy, lape_select
 
 
 def test_entropy_hand_computed():

@@ -16,7 +16,7 @@ from conftest import ARCHS, synthetic_sentences, write_corpus
 from torch import nn
 
 from workflow_scripts.io import read_metadata, read_parquet
-from workflow_scripts.logit_lens import (
+from workflow_scripts.neurons.logit_lens import (
     encode_right_padded,
     final_norm_module,
     lens_top_k,

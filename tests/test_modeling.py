@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from workflow_scripts.modeling import (
+from workflow_scripts.models.loading import (
     check_model_path,
     load_model,
     looks_local,

@@ -10,8 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from workflow_scripts.io import write_parquet
-from workflow_scripts.neuron_plots import (
+from workflow_scripts.figures.neurons import (
     MODULES,
     default_stages,
     jaccard_tables,
@@ -23,6 +22,7 @@ from workflow_scripts.neuron_plots import (
     selection_counts,
     write_tables,
 )
+from workflow_scripts.io import write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LANGS = ["en", "fr", "zh"]

@@ -8,15 +8,15 @@ import pytest
 import torch
 from conftest import synthetic_sentences
 
-from workflow_scripts.actcount import ActivationCounts, peak_neurons
-from workflow_scripts.lape import lape_select
-from workflow_scripts.neurons import (
+from workflow_scripts.neurons.actcount import ActivationCounts, peak_neurons
+from workflow_scripts.neurons.lape import lape_select
+from workflow_scripts.neurons.plnd import plnd_scores
+from workflow_scripts.neurons.selection import (
     plnd_stats,
     select_actcount,
     select_lape,
     select_plnd,
 )
-from workflow_scripts.plnd import plnd_scores
 
 SETTINGS = {
     "variant": "paper",

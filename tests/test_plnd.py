@@ -16,9 +16,9 @@ import torch
 from conftest import make_model
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from workflow_scripts import plnd
-from workflow_scripts.mlp import decoder_layers, mlp_sites
-from workflow_scripts.plnd import (
+from workflow_scripts.models.anatomy import decoder_layers, mlp_sites
+from workflow_scripts.neurons import plnd
+from workflow_scripts.neurons.plnd import (
     PARTS,
     AttentionSite,
     attention_sites,

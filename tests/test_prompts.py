@@ -8,7 +8,12 @@ import random
 
 import pytest
 
-from workflow_scripts.prompts import format_prompts, monolingual_prompts, parallel_prompts, prefix
+from workflow_scripts.data.prompts import (
+    format_prompts,
+    monolingual_prompts,
+    parallel_prompts,
+    prefix,
+)
 
 CHAT = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

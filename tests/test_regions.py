@@ -11,9 +11,8 @@ import torch
 from conftest import make_model
 from safetensors.numpy import save_file
 
-from workflow_scripts.checkpoints import TrainingCheckpoint
-from workflow_scripts.padding import pad_id
-from workflow_scripts.regions import (
+from workflow_scripts.models.padding import pad_id
+from workflow_scripts.regions.regions import (
     DeepSpeedTrainer,
     _collate,
     deepspeed_config,
@@ -35,6 +34,7 @@ from workflow_scripts.regions import (
     training_documents,
     write_scores,
 )
+from workflow_scripts.training.checkpoints import TrainingCheckpoint
 
 SETTINGS = {"steps": 4, "batch_size": 3, "lr": 0.01, "weight_decay": 0.01, "seed": 0}
 

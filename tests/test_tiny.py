@@ -9,9 +9,9 @@ import torch
 from conftest import ARCHS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from workflow_scripts.checkpoints import TrainingCheckpoint
-from workflow_scripts.mlp import mlp_sites
-from workflow_scripts.tiny import build_config, language_blocks, pretrain
+from workflow_scripts.models.anatomy import mlp_sites
+from workflow_scripts.models.tiny import build_config, language_blocks, pretrain
+from workflow_scripts.training.checkpoints import TrainingCheckpoint
 
 SPEC = {
     "architecture": "qwen2",

@@ -23,14 +23,14 @@ import yaml
 from conftest import BUNDLED, REPO
 from openai_server import FakeOpenAI
 
-from workflow_scripts import translate as tr
-from workflow_scripts.io import read_metadata
-from workflow_scripts.prompts import (
+from workflow_scripts.data.prompts import (
     parallel_prompts,
     pim_prompt,
     pim_prompts,
     translated_documents,
 )
+from workflow_scripts.io import read_metadata
+from workflow_scripts.translation import run as tr
 
 KEY = "sk-loopback-SECRET-0123456789abcdef"
 ENV = "LOOPBACK_TEST_KEY"
@@ -75,7 +75,7 @@ def write_dataset(tmp_path: Path, n: int, langs=("en", *TARGETS)) -> tuple[dict,
 
 def translate_cli(cfg_file, lang: str, *options: str) -> list[str]:
     """The translation CLI on dataset ``demo`` of ``cfg_file``."""
-    cmd = [sys.executable, "-m", "workflow_scripts.translate", "--config", str(cfg_file)]
+    cmd = [sys.executable, "-m", "workflow_scripts.translation.run", "--config", str(cfg_file)]
     return [*cmd, "--dataset", "demo", "--lang", lang, *options]
 
 
@@ -365,7 +365,7 @@ def test_bad_input_fails_before_any_paid_call(tmp_path, make_server, monkeypatch
 
 
 def test_bundled_source_is_the_prepared_corpus_split_in_hash_order(tmp_path):
-    from workflow_scripts.corpus import doc_rank, documents, prepare_corpus
+    from workflow_scripts.data.corpus import doc_rank, documents, prepare_corpus
 
     prepared = tmp_path / "ko.parquet"
     prepare_corpus({"source": "bundled", "path": str(BUNDLED)}, "ko", prepared)
@@ -526,7 +526,7 @@ def test_translated_tables_feed_parallel_and_pim_prompts(tmp_path, make_server):
 def test_parallel_condition_counts_from_translated_tables(
     tmp_path, make_server, tiny_model, tiny_tokenizer
 ):
-    from workflow_scripts.actcount import count_activations_to_files
+    from workflow_scripts.neurons.actcount import count_activations_to_files
 
     spec, refs = write_dataset(tmp_path, 4)
     server = make_server(references=refs)

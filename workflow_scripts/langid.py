@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .languages import check_language
+from workflow_scripts.languages import check_language
 
 log = logging.getLogger(__name__)
 

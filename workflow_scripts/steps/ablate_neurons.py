@@ -1,11 +1,11 @@
-from workflow_scripts.ablation import (
+from workflow_scripts.evaluation.ablation import (
     ablation_matrix,
     evaluation_texts,
     perplexity_settings,
     units_from_table,
 )
 from workflow_scripts.io import read_parquet, write_parquet
-from workflow_scripts.modeling import load_model
+from workflow_scripts.models.loading import load_model
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake

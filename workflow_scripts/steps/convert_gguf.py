@@ -1,4 +1,4 @@
-from workflow_scripts.modeling import convert_gguf
+from workflow_scripts.models.loading import convert_gguf
 from workflow_scripts.steps._step import run
 
 sm = snakemake

@@ -1,4 +1,4 @@
-from workflow_scripts.actcount import count_activations_to_files
+from workflow_scripts.neurons.actcount import count_activations_to_files
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake

@@ -1,4 +1,4 @@
-from workflow_scripts.findings import findings_table, write_findings
+from workflow_scripts.evaluation.findings import findings_table, write_findings
 from workflow_scripts.steps._step import run
 
 sm = snakemake

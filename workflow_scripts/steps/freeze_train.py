@@ -1,8 +1,8 @@
 import json
 
 from workflow_scripts.io import atomic_path, read_parquet
-from workflow_scripts.padding import pad_id
-from workflow_scripts.regions import freeze_train, region_indices, training_run
+from workflow_scripts.models.padding import pad_id
+from workflow_scripts.regions.regions import freeze_train, region_indices, training_run
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake

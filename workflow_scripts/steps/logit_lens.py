@@ -1,4 +1,4 @@
-from workflow_scripts.logit_lens import logit_lens_to_file
+from workflow_scripts.neurons.logit_lens import logit_lens_to_file
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake

@@ -1,7 +1,7 @@
-from workflow_scripts.corpus import sample_texts
+from workflow_scripts.data.corpus import sample_texts
 from workflow_scripts.io import write_parquet
-from workflow_scripts.modeling import load_model
-from workflow_scripts.neurons import plnd_stats
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.neurons.selection import plnd_stats
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake

@@ -1,4 +1,4 @@
-from workflow_scripts.ablation_plots import plot_ablation
+from workflow_scripts.figures.ablation import plot_ablation
 from workflow_scripts.steps._step import run
 
 sm = snakemake

@@ -1,4 +1,4 @@
-from workflow_scripts.plots import plot_activation_figures
+from workflow_scripts.figures.activations import plot_activation_figures
 from workflow_scripts.steps._step import run
 
 sm = snakemake

@@ -1,4 +1,4 @@
-from workflow_scripts.neuron_plots import plot_neuron_figures
+from workflow_scripts.figures.neurons import plot_neuron_figures
 from workflow_scripts.steps._step import run
 
 sm = snakemake

@@ -1,4 +1,4 @@
-from workflow_scripts.region_plots import plot_regions
+from workflow_scripts.figures.regions import plot_regions
 from workflow_scripts.steps._step import run
 
 sm = snakemake

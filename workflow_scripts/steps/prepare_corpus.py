@@ -1,4 +1,4 @@
-from workflow_scripts.corpus import prepare_corpus
+from workflow_scripts.data.corpus import prepare_corpus
 from workflow_scripts.steps._step import run
 
 sm = snakemake

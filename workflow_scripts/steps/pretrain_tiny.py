@@ -1,7 +1,7 @@
 import torch
 
+from workflow_scripts.models.tiny import pretrain
 from workflow_scripts.steps._step import run, threads
-from workflow_scripts.tiny import pretrain
 
 sm = snakemake
 torch.set_num_threads(threads(sm))

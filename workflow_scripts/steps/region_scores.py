@@ -1,5 +1,5 @@
-from workflow_scripts.padding import pad_id
-from workflow_scripts.regions import (
+from workflow_scripts.models.padding import pad_id
+from workflow_scripts.regions.regions import (
     delta_scores,
     grad_x_param_scores,
     training_run,

@@ -1,5 +1,5 @@
 from workflow_scripts.io import read_parquet, write_parquet
-from workflow_scripts.neurons import select_actcount, select_lape, select_plnd
+from workflow_scripts.neurons.selection import select_actcount, select_lape, select_plnd
 from workflow_scripts.steps._step import run
 
 sm = snakemake

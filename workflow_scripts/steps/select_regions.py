@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from workflow_scripts.io import write_parquet
-from workflow_scripts.modeling import load_model
-from workflow_scripts.regions import layers_prefix, region_summary, select_regions
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.regions.regions import layers_prefix, region_summary, select_regions
 from workflow_scripts.steps._step import run
 
 sm = snakemake

@@ -1,5 +1,5 @@
 from workflow_scripts.steps._step import run
-from workflow_scripts.translate import translate_dataset
+from workflow_scripts.translation.run import translate_dataset
 
 sm = snakemake
 run(

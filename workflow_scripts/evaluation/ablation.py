@@ -1,7 +1,7 @@
 """Ablation of selected neurons and its evaluation by perplexity (METHODS.md sections 2, 4, 5).
 
 A unit is ``(layer, module, index)`` as in the selection tables of
-:mod:`workflow_scripts.neurons`. Deactivating it means (METHODS.md section 2):
+:mod:`workflow_scripts.neurons.selection`. Deactivating it means (METHODS.md section 2):
 
 - ``mlp`` k: zero row k of ``gate/up`` (``W_in`` for plain MLPs) and column k of
   ``down``; with hooks, zero channel k of the down projection's *input* (the
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .corpus import sample_texts
-from .mlp import UP_NAMES, _child, mlp_sites
-from .padding import pad_id, right_padded
-from .plnd import attention_sites
+from workflow_scripts.data.corpus import sample_texts
+from workflow_scripts.models.anatomy import UP_NAMES, _child, mlp_sites
+from workflow_scripts.models.padding import pad_id, right_padded
+from workflow_scripts.neurons.plnd import attention_sites
 
 log = logging.getLogger(__name__)
 

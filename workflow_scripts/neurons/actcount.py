@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .corpus import length_sorted_batches
-from .io import write_parquet
-from .mlp import MLPSite, activation_hooks, mlp_sites
+from workflow_scripts.data.corpus import length_sorted_batches
+from workflow_scripts.io import write_parquet
+from workflow_scripts.models.anatomy import MLPSite, activation_hooks, mlp_sites
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,13 @@ def count_activations_to_files(
     ``condition`` is a language code (prompts from ``corpora[condition]``) or
     ``'parallel'`` (aligned documents of every language in ``corpora``).
     """
-    from .modeling import load_model
-    from .prompts import format_prompts, monolingual_prompts, parallel_prompts, pim_prompts
+    from workflow_scripts.data.prompts import (
+        format_prompts,
+        monolingual_prompts,
+        parallel_prompts,
+        pim_prompts,
+    )
+    from workflow_scripts.models.loading import load_model
 
     s = settings
     parallel_source = s.get("parallel_source", "bundled")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .io import read_metadata, read_parquet
-from .plots import _save
-from .regions import IMPORTANT_END
+from workflow_scripts.figures.activations import _save
+from workflow_scripts.io import read_metadata, read_parquet
+from workflow_scripts.regions.regions import IMPORTANT_END
 
 ENDS = ("top", "bottom", "random")
 

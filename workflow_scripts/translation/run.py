@@ -75,13 +75,13 @@ from typing import Any
 
 import yaml
 
-from .corpus import clean, doc_rank, read_bundled, read_huggingface, split_of
-from .io import atomic_path, write_parquet
-from .languages import check_language, language_name
+from workflow_scripts.data.corpus import clean, doc_rank, read_bundled, read_huggingface, split_of
+from workflow_scripts.io import atomic_path, write_parquet
+from workflow_scripts.languages import check_language, language_name
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
 BUNDLED_CORPUS = REPO / "resources" / "corpus" / "bundled.parquet"
 CACHE_DIR = "results/translated/.cache"
@@ -181,7 +181,7 @@ def _local_records(path: Path, text_field: str, id_field: str | None) -> Iterato
             dialect="excel-tab" if suffix == ".tsv" else "excel",
         )
     elif suffix == ".parquet":
-        from .io import read_parquet
+        from workflow_scripts.io import read_parquet
 
         rows = read_parquet(path).to_pylist()
     else:
@@ -737,7 +737,7 @@ def quality_columns(
     bounds: Sequence[float],
 ) -> dict[str, list[Any]]:
     """``detected_lang``, ``lang_ok``, ``length_ratio``, ``length_outlier`` of translations."""
-    from .langid import TokenLanguageClassifier
+    from workflow_scripts.langid import TokenLanguageClassifier
 
     classifier = TokenLanguageClassifier(list(dict.fromkeys([*languages, target_lang])))
     detected = classifier.classify_many(texts)
@@ -938,7 +938,7 @@ def _warn_on_prompt_change(cache: TranslationCache, keys: Sequence[str], prompt_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workflow_scripts.translate --config config.yaml --dataset D --lang fr``."""
+    """``python -m workflow_scripts.translation.run --config config.yaml --dataset D --lang fr``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -49,7 +49,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from .mlp import UP_NAMES, MLPSite, _child, decoder_layers, mlp_sites
+from workflow_scripts.models.anatomy import UP_NAMES, MLPSite, _child, decoder_layers, mlp_sites
 
 PARTS = ("ffn", "q", "k", "v", "o")
 ATTENTION_PARTS = ("q", "k", "v", "o")

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .io import read_parquet
-from .plots import _save
+from workflow_scripts.figures.activations import _save
+from workflow_scripts.io import read_parquet
 
 
 def change_matrix(table: pa.Table, setting: str) -> tuple[list[str], list[str], np.ndarray]:

@@ -40,12 +40,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoints import TrainingCheckpoint, source_hash
-from .corpus import sample_texts
-from .io import atomic_path
-from .mlp import decoder_layers
-from .modeling import load_model
-from .padding import right_padded
+from workflow_scripts.data.corpus import sample_texts
+from workflow_scripts.io import atomic_path
+from workflow_scripts.models.anatomy import decoder_layers
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.models.padding import right_padded
+from workflow_scripts.training.checkpoints import TrainingCheckpoint, source_hash
 
 log = logging.getLogger(__name__)
 
@@ -640,7 +640,7 @@ def perturbation_table(
     row with ``setting`` = the region name (``monolingual_L`` gives setting
     ``monolingual`` and target_lang L) and ``n_units`` = elements perturbed.
     """
-    from .ablation import MATRIX_COLUMNS, perplexity
+    from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS, perplexity
 
     indices = region_indices(table, kinds)
     n_units = int(sum(i.numel() for i in indices.values()))

@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .actcount import peak_neurons
-from .io import atomic_path, read_parquet
-from .languages import ISO_639_1
-from .neurons import count_matrix
+from workflow_scripts.io import atomic_path, read_parquet
+from workflow_scripts.languages import ISO_639_1
+from workflow_scripts.neurons.actcount import peak_neurons
+from workflow_scripts.neurons.selection import count_matrix
 
 PARALLEL = "parallel"
 

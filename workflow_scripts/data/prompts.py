@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from .corpus import doc_rank, documents
-from .io import read_parquet
-from .languages import language_name
+from workflow_scripts.data.corpus import doc_rank, documents
+from workflow_scripts.io import read_parquet
+from workflow_scripts.languages import language_name
 
 SOURCES = ("corpus", "translated")
 

@@ -26,8 +26,8 @@ import pyarrow.csv as pacsv
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .io import atomic_path, read_parquet
-from .plots import _save, condition_label
+from workflow_scripts.figures.activations import _save, condition_label
+from workflow_scripts.io import atomic_path, read_parquet
 
 MODULES = ("mlp", "q", "k", "v", "o")
 ENGLISH = "en"

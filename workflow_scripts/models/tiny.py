@@ -24,9 +24,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from .checkpoints import TrainingCheckpoint, source_hash
-from .corpus import corpus_texts
-from .io import atomic_path
+from workflow_scripts.data.corpus import corpus_texts
+from workflow_scripts.io import atomic_path
+from workflow_scripts.training.checkpoints import TrainingCheckpoint, source_hash
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from .mlp import decoder_layers
-from .padding import pad_id, right_padded
+from workflow_scripts.models.anatomy import decoder_layers
+from workflow_scripts.models.padding import pad_id, right_padded
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +267,10 @@ def logit_lens_to_file(
     ``languages``: the classifier's languages (all languages of the run, so a
     token of another studied language counts as ``other``, not as a guess).
     """
-    from .corpus import sample_texts
-    from .io import write_parquet
-    from .langid import TokenLanguageClassifier
-    from .modeling import load_model
+    from workflow_scripts.data.corpus import sample_texts
+    from workflow_scripts.io import write_parquet
+    from workflow_scripts.langid import TokenLanguageClassifier
+    from workflow_scripts.models.loading import load_model
 
     texts = sample_texts(corpus_path, split, n_texts)
     classifier = TokenLanguageClassifier(sorted({*languages, lang, "en"}))

@@ -1,0 +1,1 @@
+"""Stage 1: corpus preparation and the prompts built from it."""

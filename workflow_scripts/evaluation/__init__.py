@@ -1,0 +1,1 @@
+"""Stage 4: perplexity, ablation of selections and regions, the findings table."""

@@ -1,0 +1,1 @@
+"""Stage 6: every figure of the DAG."""

@@ -1,0 +1,1 @@
+"""Models: loading, GGUF conversion, tiny pretrained models, and every architecture fact."""

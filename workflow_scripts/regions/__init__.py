@@ -1,0 +1,1 @@
+"""Stage 3: linguistic regions from per-element parameter scores (Zhang et al.)."""

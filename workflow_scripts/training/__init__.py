@@ -1,0 +1,1 @@
+"""One training loop for every fine-tune of the DAG, with resumable checkpoints."""

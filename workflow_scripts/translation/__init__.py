@@ -1,0 +1,1 @@
+"""GPT translation of parallel data through any OpenAI-compatible server."""
