@@ -1,0 +1,128 @@
+"""The workflow's configuration in one place: the schema, its defaults, and the checks that
+one schema cannot express (docs/configuration.md).
+
+Used by the Snakefile (``validate_config``) and by every command-line entry point, so a
+config is judged the same way wherever it is read. Each setting's meaning and default is
+in ``resources/schemas/config.schema.yaml``; which settings a job depends on (its rerun
+keys) is declared next to the function that uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workflow_scripts.languages import check_language
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
+BUNDLED_CORPUS = REPO / "resources" / "corpus" / "bundled.parquet"
+MODEL_KINDS = ("path", "gguf", "tiny")
+# sections a model entry may override (merged over the global section, then validated)
+MODEL_OVERRIDES = ("plnd", "lape", "logit_lens", "ablation", "regions")
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """Defaults of one object section of the schema's ``definitions`` (nested objects too)."""
+    props = load_schema()["definitions"][section]["properties"]
+    out: dict[str, Any] = {}
+    for key, prop in props.items():
+        if "default" in prop:
+            out[key] = prop["default"]
+        elif prop.get("type") == "object" and "properties" in prop:
+            out[key] = {k: p["default"] for k, p in prop["properties"].items() if "default" in p}
+    return out
+
+
+def validate_definition(name: str, value: Any, what: str | None = None) -> None:
+    """Check ``value`` against the schema definition ``name``; ``ValueError`` naming the key."""
+    import jsonschema
+
+    root = load_schema()
+    schema = {"$ref": f"#/definitions/{name}", "definitions": root["definitions"]}
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        raise ValueError(f"config {what or name} {where}: {err.message}") from None
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` against the schema (filling in its defaults, in place) and run
+    the cross-field checks; returns ``config``. Raises one clear error naming the culprit."""
+    from snakemake.utils import validate
+
+    validate(config, str(SCHEMA))
+    check_cross_fields(config)
+    return config
+
+
+def model_kind(spec: Mapping[str, Any]) -> str:
+    return next(kind for kind in MODEL_KINDS if kind in spec)
+
+
+def method_settings(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
+    """Global settings of ``method`` with the model's overrides."""
+    return {**config[method], **config["models"][model].get(method, {})}
+
+
+def translated_dataset(config: Mapping[str, Any]) -> str | None:
+    """The dataset the parallel condition reads (``translated:<dataset>``), or None."""
+    source = config["actcount"]["parallel_source"]
+    return source.split(":", 1)[1] if source.startswith("translated:") else None
+
+
+def check_cross_fields(config: Mapping[str, Any]) -> None:
+    """What the schema cannot say: keys that must name each other, languages, model paths."""
+    from workflow_scripts.models.loading import check_model_path
+
+    for lang in config["languages"]:
+        check_language(lang)
+    corpora, datasets = config["corpora"], config["datasets"]
+    for model, spec in config["models"].items():
+        if spec["corpus"] not in corpora:
+            raise ValueError(
+                f"model {model!r}: corpus {spec['corpus']!r} is not a key under corpora: "
+                f"({', '.join(corpora)})"
+            )
+        if "path" in spec:
+            check_model_path(spec["path"])
+        if "languages" in spec.get("regions", {}):
+            raise ValueError(
+                f"model {model!r}: regions.languages is global (set it under regions:)"
+            )
+        for method in MODEL_OVERRIDES:  # per-model overrides obey the schema
+            if method in spec:
+                merged = {**config[method], **spec[method]}
+                validate_definition(method, merged, f"models.{model}.{method}")
+    actcount = config["actcount"]
+    for lang in actcount["parallel_languages"] + [
+        c for c in actcount.get("conditions", []) if c != "parallel"
+    ]:
+        check_language(lang)
+    for lang in config["regions"]["languages"]:
+        check_language(lang)
+    for spec in datasets.values():
+        for lang in [spec["source_lang"], *spec["languages"]]:
+            check_language(lang)
+    name = translated_dataset(config)
+    if name is not None:
+        if name not in datasets:
+            raise ValueError(
+                f"actcount.parallel_source: {actcount['parallel_source']!r} names no "
+                f"dataset under datasets: ({', '.join(datasets) or 'none'})"
+            )
+        have = {datasets[name]["source_lang"], *datasets[name]["languages"]}
+        missing = [c for c in actcount["parallel_languages"] if c not in have]
+        if missing:
+            raise ValueError(
+                f"actcount.parallel_languages {missing} are not languages of dataset {name!r} "
+                f"({', '.join(sorted(have))}): add them to datasets.{name}.languages"
+            )

@@ -1,0 +1,58 @@
+"""The path contract: every file the DAG writes, one template per kind (docs/dataflow.md).
+
+Rules use the templates as outputs (the ``{...}`` fields are Snakemake wildcards), input
+functions and command-line entry points fill them with :func:`fill`. Library functions
+never build these paths: they take and return plain paths.
+"""
+
+from __future__ import annotations
+
+import string
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+# resumable training state, outside any rule output (Snakemake deletes failed outputs)
+CHECKPOINTS = f"{RESULTS}/checkpoints"
+
+CORPUS = f"{RESULTS}/corpus/{{corpus}}/{{lang}}.parquet"
+TRANSLATED = f"{RESULTS}/translated/{{dataset}}/{{lang}}.parquet"
+TRANSLATION_REPORT = f"{RESULTS}/translated/{{dataset}}/{{lang}}.report.json"
+# outside the outputs, so a failed or killed job keeps what it paid for
+TRANSLATION_CACHE = f"{RESULTS}/translated/.cache/{{dataset}}/{{lang}}.jsonl"
+MODEL_DIR = f"{RESULTS}/models/{{model}}"
+ACTIVATIONS = f"{RESULTS}/activations/{{model}}/{{condition}}.parquet"
+INHIBITION = f"{RESULTS}/activations/{{model}}/{{condition}}.inhibition.parquet"
+STATS = f"{RESULTS}/stats/{{model}}/{{method}}/{{lang}}.parquet"
+NEURONS = f"{RESULTS}/neurons/{{model}}/{{method}}/{{lang}}.parquet"
+LOGIT_LENS = f"{RESULTS}/logit_lens/{{model}}/{{lang}}.parquet"
+REGION_SCORES = f"{RESULTS}/regions/{{model}}/{{score}}/{{lang}}.safetensors"
+REGION = f"{RESULTS}/regions/{{model}}/{{region}}.parquet"
+FREEZE_TRAINED = f"{RESULTS}/finetuned/{{model}}/{{lang}}_freeze_{{region}}"
+NEURON_ABLATION = f"{RESULTS}/ablation/{{model}}/{{method}}/{{lang}}.parquet"
+REGION_ABLATION = f"{RESULTS}/ablation/{{model}}/region/{{region}}.parquet"
+ABLATION = f"{RESULTS}/ablation/{{model}}/{{method}}.parquet"
+FIGURE = f"{RESULTS}/figures/{{figure}}_{{model}}.png"
+TABLE = f"{RESULTS}/tables/{{table}}_{{model}}.{{ext}}"
+
+
+def fill(template: str, **values: object) -> str:
+    """``template`` with the named fields filled; the others stay ``{field}`` wildcards.
+
+    ``fill(STATS, method="plnd")`` -> ``results/stats/{model}/plnd/{lang}.parquet``.
+    """
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    unknown = set(values) - fields
+    if unknown:
+        raise KeyError(f"{template}: no field {sorted(unknown)}")
+    return template.format(**{name: values.get(name, f"{{{name}}}") for name in fields})
+
+
+def log(rule: str, *wildcards: str) -> str:
+    """``results/logs/{rule}/{w1}/{w2}.log`` for a rule's ``log:``."""
+    return "/".join([LOGS, rule, *(f"{{{w}}}" for w in wildcards)]) + ".log"
+
+
+def benchmark(rule: str, *wildcards: str) -> str:
+    """``results/benchmarks/{rule}/{w1}/{w2}.tsv`` for a rule's ``benchmark:``."""
+    return "/".join([BENCHMARKS, rule, *(f"{{{w}}}" for w in wildcards)]) + ".tsv"
