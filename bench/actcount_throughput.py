@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from common import alternate, parser, right_padded_batches, texts_of
 
-from workflow_scripts.models.anatomy import activation_hooks, mlp_sites
+from workflow_scripts.models.anatomy import mlp_sites
+from workflow_scripts.models.hooks import activation_hooks
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.neurons.actcount import ActivationCounts, _Recorder
 

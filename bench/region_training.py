@@ -24,12 +24,8 @@ from common import parser, texts_of, timed
 
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.models.padding import pad_id
-from workflow_scripts.regions.regions import (
-    _collate,
-    grad_x_param_scores,
-    make_trainer,
-    training_documents,
-)
+from workflow_scripts.regions.scores import grad_x_param_scores
+from workflow_scripts.training.loop import collate, make_trainer, training_documents
 
 
 def rss_mb() -> float:
@@ -45,7 +41,7 @@ def main() -> None:
     model, tok = load_model(args.model, threads=args.threads)
     docs = training_documents(tok, texts_of(args.corpus, args.lang, args.docs), args.max_length)
     pid = pad_id(tok)
-    first = _collate(docs[: args.batch_size], pid)
+    first = collate(docs[: args.batch_size], pid)
     t_fwd = statistics.median(timed(lambda: model(**first)) for _ in range(3))
     print(f"{args.model}: {len(docs)} documents, batch {args.batch_size}, rss {rss_mb():.0f} MB")
     print(f"plain forward of one batch (LM head, inference): {t_fwd:.2f} s")

@@ -1,4 +1,4 @@
-"""Tests of workflow_scripts.evaluation.ablation: perplexity, deactivation, random sets, ablation matrix.
+"""Tests of workflow_scripts.evaluation.ablation: deactivation, random sets, ablation matrix.
 
 Every check compares against an independent computation: the model's own forward one
 text at a time for perplexity, and weights zeroed by hand in a deep copy for
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections import Counter
 
 import numpy as np
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pytest
 import torch
 from conftest import GATED
+from test_perplexity import EVAL_TEXTS, MAX_LEN
 
 from workflow_scripts.evaluation import ablation
 from workflow_scripts.evaluation.ablation import (
@@ -24,35 +24,15 @@ from workflow_scripts.evaluation.ablation import (
     ablation_matrix,
     all_units,
     deactivated,
-    perplexity,
     random_like,
     units_from_table,
 )
-
-MAX_LEN = 24
+from workflow_scripts.evaluation.perplexity import perplexity
 
 
 @pytest.fixture(scope="module")
 def texts(sentences) -> list[str]:
-    return sentences["en"][:4] + sentences["zh"][:2] + sentences["ru"][:2] + ["x"]
-
-
-def direct_nll(model, tokenizer, texts, max_length=MAX_LEN) -> list[float]:
-    """Per predicted token NLL from ``model(input_ids).logits``, one text at a time."""
-    out: list[float] = []
-    with torch.no_grad():
-        for text in texts:
-            ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-            if len(ids) < 2:
-                continue
-            logits = model(torch.tensor([ids])).logits[0, :-1]
-            logp = torch.log_softmax(logits.double(), dim=-1)
-            out += (-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]).tolist()
-    return out
-
-
-def direct_ppl(nll: list[float]) -> float:
-    return math.exp(sum(nll) / len(nll))
+    return EVAL_TEXTS(sentences)
 
 
 def logits_of(model, tokenizer, texts) -> torch.Tensor:
@@ -63,69 +43,6 @@ def logits_of(model, tokenizer, texts) -> torch.Tensor:
 
 def hook_count(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-# --------------------------------------------------------------------- perplexity
-
-
-@pytest.mark.parametrize("arch", ["qwen2", "gpt2", "bloom", "gemma3_text"])
-def test_perplexity_equals_direct(tiny_model, tiny_tokenizer, texts, arch, monkeypatch):
-    model = tiny_model(arch).double()
-    monkeypatch.setattr(ablation, "MAX_LOGITS", 3 * model.config.vocab_size)  # 3-row chunks
-    res = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN, batch_size=3)
-    nll = direct_nll(model, tiny_tokenizer, texts)
-    assert res.n_tokens == len(nll)
-    assert res.nll_sum == pytest.approx(sum(nll), rel=1e-10)
-    assert res.ppl == pytest.approx(direct_ppl(nll), rel=1e-10)
-
-
-def test_perplexity_float32_within_1e5(tiny_model, tiny_tokenizer, texts):
-    model = tiny_model("qwen2")
-    res = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN)
-    assert res.ppl == pytest.approx(direct_ppl(direct_nll(model, tiny_tokenizer, texts)), rel=1e-5)
-
-
-@pytest.mark.parametrize("cap", [30.0, 0.5])
-def test_perplexity_gemma_final_logit_softcapping(tiny_model, tiny_tokenizer, texts, cap):
-    model = tiny_model("gemma3_text").double()
-    plain = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN).ppl
-    model.config.final_logit_softcapping = cap
-    res = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN)
-    assert res.ppl == pytest.approx(direct_ppl(direct_nll(model, tiny_tokenizer, texts)), rel=1e-10)
-    if cap < 1:  # a small cap changes the result, so it was applied
-        assert abs(res.ppl - plain) > 1e-3 * plain
-
-
-def test_perplexity_batch_and_padding_invariant(tiny_model, tiny_tokenizer, texts):
-    model = tiny_model("llama").double()
-    left = copy.deepcopy(tiny_tokenizer)
-    left.padding_side = "left"
-    ref = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN, batch_size=1)
-    for tok, bs in [(tiny_tokenizer, 2), (tiny_tokenizer, 16), (left, 3)]:
-        res = perplexity(model, tok, texts, max_length=MAX_LEN, batch_size=bs)
-        assert res.n_tokens == ref.n_tokens
-        assert res.ppl == pytest.approx(ref.ppl, rel=1e-12)
-    assert left.padding_side == "left"  # never mutated
-
-
-def test_perplexity_max_tokens_budget(tiny_model, tiny_tokenizer, texts):
-    model = tiny_model("qwen2").double()
-    nll = direct_nll(model, tiny_tokenizer, texts)
-    for budget in (1, 7, len(nll) // 2):
-        for bs in (1, 4):
-            res = perplexity(
-                model, tiny_tokenizer, texts, max_length=MAX_LEN, batch_size=bs, max_tokens=budget
-            )
-            assert res.n_tokens == budget
-            assert res.ppl == pytest.approx(direct_ppl(nll[:budget]), rel=1e-10)
-    full = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN, max_tokens=10**6)
-    assert full.n_tokens == len(nll)
-    assert full.ppl == pytest.approx(direct_ppl(nll), rel=1e-10)
-
-
-def test_perplexity_rejects_nothing_to_predict(tiny_model, tiny_tokenizer):
-    with pytest.raises(ValueError, match="no text"):
-        perplexity(tiny_model("qwen2"), tiny_tokenizer, [])
 
 
 # ------------------------------------------------------------------- deactivation
@@ -313,7 +230,7 @@ def test_ablation_matrix(tiny_model, tiny_tokenizer, sentences, caplog):
     selections = {"en": sel_en, "fr": sel_fr, "de": []}
     evals = {"en": sentences["en"][:3], "ru": sentences["ru"][:3]}
     kw = {"max_length": MAX_LEN, "batch_size": 2}
-    with caplog.at_level(logging.WARNING, logger="workflow_scripts.evaluation.ablation"):
+    with caplog.at_level(logging.WARNING, logger="workflow_scripts.evaluation.perplexity"):
         table = ablation_matrix(model, tiny_tokenizer, selections, evals, n_random=2, seed=5, **kw)
     assert table.column_names == MATRIX_COLUMNS
     assert table.num_rows == 2 + 3 * 3 * 2
@@ -360,18 +277,3 @@ def test_ablation_matrix_rejects_bad_input_before_computing(
     with pytest.raises(ValueError, match="999"):
         ablation_matrix(model, tiny_tokenizer, {"en": [(0, "mlp", 999)]}, {"en": ["a b c"]})
     assert not calls
-
-
-def test_evaluation_language_without_eval_split_is_left_out(tmp_path, caplog):
-    from conftest import write_corpus
-
-    from workflow_scripts.evaluation.ablation import evaluation_texts
-
-    good = write_corpus(tmp_path / "en.parquet", ["one text here", "two texts here"])
-    train_only = write_corpus(tmp_path / "fr.parquet", [{"text": "un texte", "split": "train"}])
-    with caplog.at_level(logging.WARNING):
-        texts, skipped = evaluation_texts({"en": str(good), "fr": str(train_only)}, "eval", 5)
-    assert list(texts) == ["en"] and len(texts["en"]) == 2 and skipped == ["fr"]
-    assert "evaluation language fr left out" in caplog.text and "no documents" in caplog.text
-    with pytest.raises(ValueError, match=r"no evaluation language has 'eval' documents: \['fr'\]"):
-        evaluation_texts({"fr": str(train_only)}, "eval", 5)

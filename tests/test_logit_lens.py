@@ -16,9 +16,9 @@ from conftest import ARCHS, synthetic_sentences, write_corpus
 from torch import nn
 
 from workflow_scripts.io import read_metadata, read_parquet
+from workflow_scripts.models.anatomy import final_norm_module
 from workflow_scripts.neurons.logit_lens import (
     encode_right_padded,
-    final_norm_module,
     lens_top_k,
     logit_lens,
     logit_lens_to_file,

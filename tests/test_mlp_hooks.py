@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import GATED, MODEL_CASES, MODEL_IDS, direct_activation
 
-from workflow_scripts.models.anatomy import activation_hooks, decoder_layers, mlp_sites
+from workflow_scripts.models.anatomy import decoder_layers, mlp_sites
+from workflow_scripts.models.hooks import activation_hooks
 
 TEXTS = ["the cat sees the river today.", "le chat voit la ville.", "猫喜欢水"]
 

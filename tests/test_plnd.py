@@ -16,12 +16,15 @@ import torch
 from conftest import make_model
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from workflow_scripts.models.anatomy import decoder_layers, mlp_sites
+from workflow_scripts.models.anatomy import (
+    AttentionSite,
+    attention_sites,
+    decoder_layers,
+    mlp_sites,
+)
 from workflow_scripts.neurons import plnd
 from workflow_scripts.neurons.plnd import (
     PARTS,
-    AttentionSite,
-    attention_sites,
     attention_state,
     important,
     important_counts,

@@ -11,30 +11,32 @@ import torch
 from conftest import make_model
 from safetensors.numpy import save_file
 
+from workflow_scripts.models.anatomy import param_kind, region_parameters
 from workflow_scripts.models.padding import pad_id
-from workflow_scripts.regions.regions import (
-    DeepSpeedTrainer,
-    _collate,
-    deepspeed_config,
+from workflow_scripts.regions.freeze import freeze_train
+from workflow_scripts.regions.perturbation import perturbation_table, perturbed
+from workflow_scripts.regions.scores import (
     delta_scores,
-    freeze_train,
     grad_x_param_scores,
-    make_trainer,
-    param_kind,
-    perturbation_table,
-    perturbed,
     read_score_names,
+    write_scores,
+)
+from workflow_scripts.regions.selection import (
     region_indices,
-    region_parameters,
     region_size,
     region_summary,
     select_regions,
+)
+from workflow_scripts.training.checkpoints import TrainingCheckpoint
+from workflow_scripts.training.loop import (
+    DeepSpeedTrainer,
+    collate,
+    deepspeed_config,
+    make_trainer,
     train_steps,
     training_batches,
     training_documents,
-    write_scores,
 )
-from workflow_scripts.training.checkpoints import TrainingCheckpoint
 
 SETTINGS = {"steps": 4, "batch_size": 3, "lr": 0.01, "weight_decay": 0.01, "seed": 0}
 
@@ -128,7 +130,7 @@ def test_grad_x_param_equals_direct_accumulation(tiny_tokenizer, docs):
     total = {n: torch.zeros_like(params[n]) for n in names}
     ordered = sorted(docs, key=len)
     for i in range(0, len(ordered), 4):
-        loss = direct_model(**_collate(ordered[i : i + 4], pad_id(tiny_tokenizer))).loss
+        loss = direct_model(**collate(ordered[i : i + 4], pad_id(tiny_tokenizer))).loss
         grads = torch.autograd.grad(loss, [params[n] for n in names])
         for n, g in zip(names, grads, strict=True):
             total[n] += g * params[n].detach()

@@ -1,4 +1,4 @@
-"""Ablation of selected neurons and its evaluation by perplexity (METHODS.md sections 2, 4, 5).
+"""Ablation of selected neurons and its evaluation by perplexity (docs/methods.md, "Ablation").
 
 A unit is ``(layer, module, index)`` as in the selection tables of
 :mod:`workflow_scripts.neurons.selection`. Deactivating it means (METHODS.md section 2):
@@ -12,8 +12,7 @@ A unit is ``(layer, module, index)`` as in the selection tables of
 - ``o`` c: zero input channel c of ``o_proj`` (its weight column).
 
 :func:`deactivated` does either (``mode="hooks"`` or ``"weights"``) and restores
-the model on exit. :func:`perplexity` is token-weighted and computes the LM head
-on contiguous ``[N, V]`` chunks of the valid positions only (FACTS.md).
+the model on exit; perplexity comes from :mod:`workflow_scripts.evaluation.perplexity`.
 :func:`ablation_matrix` evaluates every target language's selection, and equal-count
 random selections of the same (layer, module) strata, in every evaluation language.
 """
@@ -22,21 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from workflow_scripts.data.corpus import sample_texts
-from workflow_scripts.models.anatomy import UP_NAMES, _child, mlp_sites
-from workflow_scripts.models.padding import pad_id, right_padded
-from workflow_scripts.neurons.plnd import attention_sites
+from workflow_scripts.evaluation.perplexity import perplexity
+from workflow_scripts.models.anatomy import (
+    attention_sites,
+    in_slices,
+    mlp_sites,
+    out_slices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,158 +43,9 @@ MODULES = ("mlp", "q", "k", "v", "o")
 MODES = ("hooks", "weights")
 SETTINGS = ("base", "selected", "random")
 MATRIX_COLUMNS = ["setting", "target_lang", "eval_lang", "n_units", "ppl", "base_ppl", "seed"]
-MAX_LOGITS = 2**24  # logits elements per cross-entropy chunk (64 MB in float32)
-
-
-# ---------------------------------------------------------------------- perplexity
-
-
-@dataclass(frozen=True)
-class PerplexityResult:
-    """Token-weighted perplexity ``exp(nll_sum / n_tokens)`` over the predicted tokens."""
-
-    ppl: float
-    nll_sum: float
-    n_tokens: int
-
-
-def _budgeted_ids(
-    tokenizer, texts: Sequence[str], max_length: int, max_tokens: int | None
-) -> list[list[int]]:
-    """Token ids per text (truncated), cut so that at most ``max_tokens`` are predicted.
-
-    The budget is spent in text order, position by position, so the evaluated tokens
-    do not depend on the batch size. Texts with nothing to predict are dropped.
-    """
-    if not texts:
-        return []
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    out = []
-    left = math.inf if max_tokens is None else max_tokens
-    for ids in enc:
-        if left <= 0:
-            break
-        n_pred = min(len(ids) - 1, left)
-        if n_pred > 0:
-            out.append(list(ids[: n_pred + 1]))
-            left -= n_pred
-    return out
-
-
-def _softcap(model: nn.Module) -> float | None:
-    cfg = getattr(model, "config", None)
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap is None and hasattr(cfg, "get_text_config"):
-        cap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
-    return float(cap) if cap else None
-
-
-def _chunked_nll(
-    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None
-) -> float:
-    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of rows at a time."""
-    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
-    rows = max(1, MAX_LOGITS // vocab)
-    total = 0.0
-    for i in range(0, hidden.shape[0], rows):
-        logits = head(hidden[i : i + rows])
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        total += F.cross_entropy(logits, targets[i : i + rows], reduction="sum").item()
-    return total
-
-
-@torch.inference_mode()
-def perplexity(
-    model: nn.Module,
-    tokenizer,
-    texts: Sequence[str],
-    max_length: int = 256,
-    batch_size: int = 4,
-    max_tokens: int | None = None,
-) -> PerplexityResult:
-    """Token-weighted perplexity of ``model`` over ``texts`` (teacher forcing).
-
-    Each text is truncated to ``max_length`` tokens (special tokens as the tokenizer
-    adds them); every token after the first is predicted from its prefix. With
-    ``max_tokens`` only the first ``max_tokens`` predicted tokens (in text order)
-    count. Batches are sorted by length and right-padded (pads are masked and never
-    predicted; the tokenizer is not modified). The trunk (``model.base_model``) runs
-    on the batch, the LM head (plus Gemma's final logit softcapping) only on the
-    hidden states of the valid positions, in chunks.
-    """
-    if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"perplexity: max_tokens must be >= 1, got {max_tokens}")
-    docs = _budgeted_ids(tokenizer, texts, max_length, max_tokens)
-    if not docs:
-        raise ValueError("perplexity: no text has a token to predict")
-    pad = pad_id(tokenizer)
-    trunk, head, cap = model.base_model, model.get_output_embeddings(), _softcap(model)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
-        nll_sum, n_tokens = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            batch = [docs[i] for i in order[start : start + batch_size]]
-            input_ids, mask = right_padded(batch, pad)
-            input_ids, mask = input_ids.to(device), mask.to(device)
-            hidden = trunk(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
-            valid = mask[:, 1:].bool()  # position t predicts token t+1
-            h = hidden[:, :-1][valid].contiguous()
-            nll_sum += _chunked_nll(head, h, input_ids[:, 1:][valid], cap)
-            n_tokens += int(valid.sum())
-    finally:
-        model.train(was_training)
-    return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens)
-
-
-def perplexity_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The :func:`perplexity` keywords among the ablation settings."""
-    return {key: settings[key] for key in ("max_length", "batch_size", "max_tokens")}
-
-
-def evaluation_texts(
-    corpora: Mapping[str, str], split: str, n_docs: int
-) -> tuple[dict[str, list[str]], list[str]]:
-    """``lang -> texts`` of every evaluation language that has ``split`` documents.
-
-    A language without any is left out with a warning (and returned in the second
-    list) so that the other languages' results are still produced; if no language
-    has texts, a clear error.
-    """
-    texts, skipped = {}, []
-    for lang, path in corpora.items():
-        try:
-            texts[lang] = sample_texts(path, split, n_docs)
-        except ValueError as err:
-            log.warning("evaluation language %s left out: %s", lang, err)
-            skipped.append(lang)
-    if not texts:
-        raise ValueError(f"no evaluation language has {split!r} documents: {skipped}")
-    return texts, skipped
 
 
 # -------------------------------------------------------------------- deactivation
-
-
-def _is_conv1d(proj: nn.Module) -> bool:
-    return type(proj).__name__ == "Conv1D"  # GPT-2: weight [in, out]
-
-
-def _out_slices(proj: nn.Module, idx: torch.Tensor) -> list[tuple[torch.Tensor, tuple]]:
-    """(tensor, index) pairs holding output channels ``idx`` of ``proj`` (weight and bias)."""
-    w = (proj.weight, (slice(None), idx)) if _is_conv1d(proj) else (proj.weight, (idx,))
-    bias = getattr(proj, "bias", None)
-    return [w] + ([(bias, (idx,))] if isinstance(bias, torch.Tensor) else [])
-
-
-def _in_slices(proj: nn.Module, idx: torch.Tensor) -> list[tuple[torch.Tensor, tuple]]:
-    """(tensor, index) pairs holding input channels ``idx`` of ``proj`` (weight only)."""
-    return [(proj.weight, (idx,))] if _is_conv1d(proj) else [(proj.weight, (slice(None), idx))]
 
 
 def _unit(u: Sequence) -> Unit:
@@ -236,14 +85,13 @@ def _plan(
         weight = (site.down if module == "mlp" else site.o).weight
         idx = torch.tensor(indices, dtype=torch.long, device=weight.device)
         if module == "mlp":
-            up = _child(site.mlp, UP_NAMES) if site.gated else None
-            slices = _out_slices(site.first, idx) + (_out_slices(up, idx) if up else [])
-            plan.append(("pre", site.down, idx, slices + _in_slices(site.down, idx)))
+            slices = [s for proj in site.first_projections() for s in out_slices(proj, idx)]
+            plan.append(("pre", site.down, idx, slices + in_slices(site.down, idx)))
         elif module == "o":
-            plan.append(("pre", site.o, idx, _in_slices(site.o, idx)))
+            plan.append(("pre", site.o, idx, in_slices(site.o, idx)))
         else:
             proj = getattr(site, module)
-            plan.append(("out", proj, idx, _out_slices(proj, idx)))
+            plan.append(("out", proj, idx, out_slices(proj, idx)))
     return plan
 
 

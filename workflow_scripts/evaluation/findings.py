@@ -18,7 +18,7 @@ import pyarrow as pa
 from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
 from workflow_scripts.figures.neurons import default_stages, selection_counts
 from workflow_scripts.io import atomic_path, read_metadata, read_parquet, write_parquet
-from workflow_scripts.regions.regions import IMPORTANT_END
+from workflow_scripts.regions.scores import IMPORTANT_END
 
 PathLike = str | Path
 COLUMNS = ["model", "claim_id", "claim", "source", "method", "measure"]

@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from workflow_scripts.figures.activations import _save
 from workflow_scripts.io import read_metadata, read_parquet
-from workflow_scripts.regions.regions import IMPORTANT_END
+from workflow_scripts.regions.scores import IMPORTANT_END
 
 ENDS = ("top", "bottom", "random")
 

@@ -1,4 +1,12 @@
-"""Locate the MLP neurons of a stock ``transformers`` decoder and hook their activations.
+"""Every architecture fact the workflow needs, in one place (docs/extending.md).
+
+Each stage asks this module where things are in a stock ``transformers`` decoder:
+the decoder layers; per layer the MLP neurons (:class:`MLPSite`: gate/up/down of a
+gated MLP, or the input and down projection of a plain one) and the attention
+projections (:class:`AttentionSite`: q/k/v/o, head layout, grouped-query mapping, q/k
+norms, score scale); the final norm, the LM head and its logit soft-capping; GPT-2's
+transposed ``Conv1D`` weights; the parameters inside the layers and their kinds (for
+the regions). Adding an architecture means teaching this module its names and layout.
 
 A neuron is one unit k of the MLP intermediate layer (row k of gate/up, column
 k of down). Its *activation* is, as in Mu et al. and Tang et al.:
@@ -7,16 +15,12 @@ k of down). Its *activation* is, as in Mu et al. and Tang et al.:
   nonlinearity of the gate taken before the product with ``up_proj``;
 - plain MLPs (GPT-2 ``c_fc`` + GELU, Bloom ``dense_h_to_4h`` + GELU): the output
   of the nonlinearity, i.e. the input of the down projection.
-
-Statistics come from forward hooks on the stock modules, never from edited
-modeling code.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,6 +30,10 @@ UP_NAMES = ("up_proj", "w3")
 IN_NAMES = ("c_fc", "dense_h_to_4h", "fc1", "fc_in")
 DOWN_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
+ACT_NAMES = ("act_fn", "act", "activation_fn", "gelu_impl")
+ATTN_NAMES = ("self_attn", "attn", "self_attention", "attention")
+FUSED_QKV_NAMES = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv")
+NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
 
 
 @dataclass
@@ -39,15 +47,19 @@ class MLPSite:
     first: nn.Module  # gate_proj (gated) or the input projection (plain)
     act: nn.Module | None  # the activation module, if it is a per-layer module
     size: int  # number of neurons (intermediate size)
+    up: nn.Module | None = None  # up_proj of a gated MLP
+
+    def first_projections(self) -> list[nn.Module]:
+        """The projections whose output channel k is neuron k (gate and up, or the input)."""
+        return [self.first] + ([self.up] if self.up is not None else [])
 
     def down_weight(self) -> torch.Tensor:
         """Down-projection weight as ``[hidden, intermediate]`` (column k = neuron k)."""
         w = self.down.weight
-        # GPT-2's Conv1D stores [in, out]; nn.Linear stores [out, in].
-        return w.T if type(self.down).__name__ == "Conv1D" else w
+        return w.T if is_conv1d(self.down) else w
 
 
-def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+def child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     for name in names:
         sub = getattr(module, name, None)
         if isinstance(sub, nn.Module):
@@ -61,7 +73,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     best: nn.ModuleList | None = None
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if _child(module[0], MLP_NAMES) is None:
+            if child(module[0], MLP_NAMES) is None:
                 continue
             if n_layers is None or len(module) == n_layers:
                 if best is None or len(module) > len(best):
@@ -74,9 +86,26 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return best
 
 
-def _out_features(proj: nn.Module) -> int:
+def is_conv1d(proj: nn.Module) -> bool:
+    """GPT-2's ``Conv1D`` stores its weight as ``[in, out]`` (``nn.Linear``: ``[out, in]``)."""
+    return type(proj).__name__ == "Conv1D"
+
+
+def out_features(proj: nn.Module) -> int:
     w = proj.weight
-    return w.shape[1] if type(proj).__name__ == "Conv1D" else w.shape[0]
+    return w.shape[1] if is_conv1d(proj) else w.shape[0]
+
+
+def out_slices(proj: nn.Module, idx: torch.Tensor) -> list[tuple[torch.Tensor, tuple]]:
+    """(tensor, index) pairs holding output channels ``idx`` of ``proj`` (weight and bias)."""
+    w = (proj.weight, (slice(None), idx)) if is_conv1d(proj) else (proj.weight, (idx,))
+    bias = getattr(proj, "bias", None)
+    return [w] + ([(bias, (idx,))] if isinstance(bias, torch.Tensor) else [])
+
+
+def in_slices(proj: nn.Module, idx: torch.Tensor) -> list[tuple[torch.Tensor, tuple]]:
+    """(tensor, index) pairs holding input channels ``idx`` of ``proj`` (weight only)."""
+    return [(proj.weight, (idx,))] if is_conv1d(proj) else [(proj.weight, (slice(None), idx))]
 
 
 def mlp_sites(model: nn.Module) -> list[MLPSite]:
@@ -84,17 +113,20 @@ def mlp_sites(model: nn.Module) -> list[MLPSite]:
     layers = decoder_layers(model)
     sites = []
     for i, block in enumerate(layers):
-        mlp = _child(block, MLP_NAMES)
-        down = _child(mlp, DOWN_NAMES)
-        gate = _child(mlp, GATE_NAMES)
-        first = gate if gate is not None else _child(mlp, IN_NAMES)
+        mlp = child(block, MLP_NAMES)
+        down = child(mlp, DOWN_NAMES)
+        gate = child(mlp, GATE_NAMES)
+        first = gate if gate is not None else child(mlp, IN_NAMES)
         if down is None or first is None:
             raise ValueError(
                 f"layer {i}: unsupported MLP {type(mlp).__name__} "
                 f"(children: {[n for n, _ in mlp.named_children()]})"
             )
-        act = _child(mlp, ("act_fn", "act", "activation_fn", "gelu_impl"))
-        sites.append(MLPSite(i, mlp, gate is not None, down, first, act, _out_features(first)))
+        act = child(mlp, ACT_NAMES)
+        up = child(mlp, UP_NAMES) if gate is not None else None
+        sites.append(
+            MLPSite(i, mlp, gate is not None, down, first, act, out_features(first), up=up)
+        )
     acts = [s.act for s in sites if s.act is not None]
     if len({id(a) for a in acts}) < len(acts):  # one shared module: hooks can't tell layers apart
         for s in sites:
@@ -102,41 +134,191 @@ def mlp_sites(model: nn.Module) -> list[MLPSite]:
     return sites
 
 
-@contextlib.contextmanager
-def activation_hooks(
-    sites: list[MLPSite], callback: Callable[[int, torch.Tensor], None]
-) -> Iterator[None]:
-    """Call ``callback(layer, activation[B, T, I])`` at every forward while active.
+# --------------------------------------------------------------------------- attention
 
-    Gated MLPs hook the output of the per-layer ``act_fn`` module (or, if the
-    architecture shares one activation module, apply it to ``gate_proj``'s
-    output); plain MLPs hook the input of the down projection. Hooks are
-    removed when the context ends, whatever happens inside.
+
+@dataclass
+class AttentionSite:
+    """Where layer ``layer``'s attention neurons live (separate q/k/v/o projections)."""
+
+    layer: int
+    attn: nn.Module
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Module
+    q_norm: nn.Module | None  # per-head RMSNorm after q_proj (Gemma 3), else None
+    k_norm: nn.Module | None
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scaling: float  # the module's own score scale (Gemma: query_pre_attn_scalar**-0.5)
+    causal: bool = True
+    # kv head used by each query head; the stock convention (repeat_kv) is h // group
+    kv_of_head: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.kv_of_head:
+            group = self.n_heads // self.n_kv_heads
+            self.kv_of_head = tuple(h // group for h in range(self.n_heads))
+
+    def heads_of(self, g: int) -> list[int]:
+        """The query heads served by kv head ``g``."""
+        return [h for h, kv in enumerate(self.kv_of_head) if kv == g]
+
+    def heads_of_kv(self) -> torch.Tensor:
+        """``[n_kv_heads, group]`` index of the query heads served by each kv head."""
+        return torch.tensor([self.heads_of(g) for g in range(self.n_kv_heads)], dtype=torch.long)
+
+    def o_weight(self) -> torch.Tensor:
+        """``o_proj`` weight as ``[hidden, n_heads * head_dim]`` (column c = O neuron c)."""
+        return self.o.weight
+
+    def size(self, part: str) -> int:
+        """Number of neurons of ``part`` (q, k, v or o) in this layer."""
+        heads = self.n_kv_heads if part in ("k", "v") else self.n_heads
+        return heads * self.head_dim
+
+
+def norm_eps(norm: nn.Module) -> float:
+    for name in ("eps", "variance_epsilon"):
+        if isinstance(getattr(norm, name, None), float):
+            return getattr(norm, name)
+    raise NotImplementedError(f"{type(norm).__name__}: unknown epsilon of the q/k norm")
+
+
+def attention_sites(model: nn.Module) -> list[AttentionSite]:
+    """One :class:`AttentionSite` per decoder layer (llama, qwen2, mistral, gemma3).
+
+    Raises ``NotImplementedError`` for fused q/k/v projections (GPT-2, Bloom): score
+    those models with ``parts=("ffn",)``.
     """
-    handles = []
+    sites = []
+    for i, block in enumerate(decoder_layers(model)):
+        attn = child(block, ATTN_NAMES)
+        if attn is None:
+            raise ValueError(f"layer {i}: no attention module (looked for {ATTN_NAMES})")
+        projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        if any(not isinstance(p, nn.Linear) for p in projs):
+            fused = [n for n in FUSED_QKV_NAMES if hasattr(attn, n)]
+            raise NotImplementedError(
+                f"layer {i}: {type(attn).__name__} has no separate nn.Linear q_proj/k_proj/"
+                f"v_proj/o_proj (fused: {fused or 'unknown layout'}); PLND attention neurons "
+                "are supported for llama, qwen2, mistral and gemma3 only. "
+                "Score the FFN alone with parts=('ffn',)."
+            )
+        q, k, v, o = projs
+        cfg = getattr(model, "config", None)
+        head_dim = getattr(attn, "head_dim", None) or getattr(cfg, "head_dim", None)
+        if not head_dim:
+            head_dim = cfg.hidden_size // cfg.num_attention_heads
+        n_heads, n_kv = q.out_features // head_dim, k.out_features // head_dim
+        if n_heads * head_dim != q.out_features or n_kv * head_dim != k.out_features:
+            raise ValueError(f"layer {i}: q/k widths are not multiples of head_dim {head_dim}")
+        if n_heads % n_kv or v.out_features != k.out_features:
+            raise ValueError(f"layer {i}: {n_heads} query heads, {n_kv} kv heads: bad grouping")
+        scaling = getattr(attn, "scaling", None)
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        for norm in (q_norm, k_norm):
+            if norm is not None and "RMSNorm" not in type(norm).__name__:
+                raise NotImplementedError(f"layer {i}: q/k norm {type(norm).__name__}")
+        sites.append(
+            AttentionSite(
+                layer=i,
+                attn=attn,
+                q=q,
+                k=k,
+                v=v,
+                o=o,
+                q_norm=q_norm,
+                k_norm=k_norm,
+                n_heads=n_heads,
+                n_kv_heads=n_kv,
+                head_dim=head_dim,
+                scaling=float(scaling) if scaling is not None else head_dim**-0.5,
+                causal=bool(getattr(attn, "is_causal", True)),
+            )
+        )
+    return sites
 
-    def on_output(layer: int, fn: Callable | None):
-        def hook(_module, _args, output):
-            callback(layer, fn(output) if fn is not None else output)
 
-        return hook
+# ------------------------------------------------------------------ final norm and head
 
-    def on_input(layer: int):
-        def hook(_module, args):
-            callback(layer, args[0])
 
-        return hook
+def final_norm_module(model: nn.Module) -> nn.Module:
+    """The final norm of the trunk (``norm``, ``ln_f``, ``final_layer_norm`` ...)."""
+    base = model.base_model
+    for owner in (base, getattr(base, "decoder", None)):
+        for name in NORM_NAMES:
+            module = getattr(owner, name, None) if owner is not None else None
+            if isinstance(module, nn.Module):
+                return module
+    raise ValueError(
+        f"{type(model).__name__}: found no final norm in the base model "
+        f"(looked for {NORM_NAMES}); use final_norm=False"
+    )
 
-    try:
-        for s in sites:
-            if not s.gated:
-                handles.append(s.down.register_forward_pre_hook(on_input(s.layer)))
-            elif s.act is not None:
-                handles.append(s.act.register_forward_hook(on_output(s.layer, None)))
-            else:
-                act_fn = s.mlp.act_fn
-                handles.append(s.first.register_forward_hook(on_output(s.layer, act_fn)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+
+def lm_head(model: nn.Module) -> nn.Module:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no LM head (get_output_embeddings)")
+    return head
+
+
+def logit_softcap(model: nn.Module) -> float | None:
+    """Gemma's ``final_logit_softcapping`` (logits = tanh(logits / cap) * cap), or None."""
+    cfg = getattr(model, "config", None)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap is None and hasattr(cfg, "get_text_config"):
+        cap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+# ------------------------------------------------------------------ layer parameters
+
+
+def layers_prefix(model: nn.Module) -> str:
+    """Qualified name of the module list holding the transformer blocks."""
+    layers = decoder_layers(model)
+    for name, module in model.named_modules():
+        if module is layers:
+            return name
+    raise ValueError(f"{type(model).__name__}: transformer layers not found")
+
+
+def region_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters inside the transformer layers, by qualified name (norms and biases included)."""
+    prefix = layers_prefix(model) + "."
+    params = {n: p for n, p in model.named_parameters() if n.startswith(prefix)}
+    if not params:
+        raise ValueError(f"{type(model).__name__}: no parameter inside the transformer layers")
+    return params
+
+
+def param_kind(name: str, ndim: int) -> str:
+    """``matrix`` (2-D and up), ``norm`` (a norm's scale vector) or ``bias``."""
+    if ndim >= 2:
+        return "matrix"
+    module = name.rsplit(".", 2)[-2].lower()
+    return "norm" if "norm" in module or module.startswith("ln") else "bias"
+
+
+def param_layer(name: str, prefix: str) -> int:
+    """Layer number of a parameter named ``{prefix}.{layer}.…``."""
+    return int(name[len(prefix) + 1 :].split(".", 1)[0])
+
+
+def param_module(name: str, prefix: str) -> str:
+    """The parameter's name inside its layer, e.g. ``mlp.down_proj.weight``."""
+    return name[len(prefix) + 1 :].split(".", 1)[1]
+
+
+def common_layers_prefix(names: Sequence[str]) -> str:
+    """``model.layers`` from names like ``model.layers.3.mlp.up_proj.weight``."""
+    for name in names:
+        bits = name.split(".")
+        for i, bit in enumerate(bits):
+            if bit.isdigit():
+                return ".".join(bits[:i])
+    raise ValueError("regions: no layer-numbered tensor among the scores")

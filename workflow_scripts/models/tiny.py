@@ -16,7 +16,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 
 from workflow_scripts.data.corpus import corpus_texts
 from workflow_scripts.io import atomic_path
+from workflow_scripts.training import loop as training_loop
 from workflow_scripts.training.checkpoints import TrainingCheckpoint, source_hash
+from workflow_scripts.training.loop import TorchTrainer, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,14 @@ def language_blocks(
     return mixed
 
 
+def block_batches(blocks: Sequence[torch.Tensor], batch_size: int) -> Iterator[dict]:
+    """Endless batches of ``batch_size`` consecutive blocks (cycling), labels = inputs."""
+    for step in itertools.count():
+        idx = [(step * batch_size + j) % len(blocks) for j in range(batch_size)]
+        batch = torch.stack([blocks[i] for i in idx])
+        yield {"input_ids": batch, "labels": batch}
+
+
 def pretrain(
     corpora: Mapping[str, str | Path],
     spec: Mapping[str, Any],
@@ -126,41 +136,23 @@ def pretrain(
     blocks = language_blocks(tokenizer, texts, spec["seq_len"])
     random.Random(seed).shuffle(blocks)
     steps, batch_size = spec["steps"], spec["batch_size"]
-    lr, warmup = spec["lr"], max(1, int(spec.get("warmup", 0.05) * steps))
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, weight_decay=spec.get("weight_decay", 0.01)
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps))),
+    warmup = max(1, int(spec.get("warmup", 0.05) * steps))
+    trainer = TorchTrainer(
+        model,
+        {"lr": spec["lr"], "weight_decay": spec.get("weight_decay", 0.01)},
+        schedule=lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps))),
     )
     checkpoint = TrainingCheckpoint(
         checkpoint_dir or Path(out_dir).with_name(f".{Path(out_dir).name}.checkpoint"),
         {
-            "code": source_hash(sys.modules[__name__]),
+            "code": source_hash(sys.modules[__name__], training_loop),
             "spec": {k: v for k, v in spec.items() if k != "checkpoint_every"},
             "corpora": sorted(map(str, corpora.values())),
         },
         spec.get("checkpoint_every", 100) if checkpoint_dir else 0,
     )
-    start, extra = checkpoint.restore(model, optimizer, schedule)
-    losses = extra.get("losses", [])
-    model.train()
-    t0 = time.time()
-    for step in range(start, steps):
-        idx = [(step * batch_size + j) % len(blocks) for j in range(batch_size)]
-        batch = torch.stack([blocks[i] for i in idx])
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 4))
-        if step % 50 == 0 or step == steps - 1:
-            log.info("step %d/%d loss %.3f", step + 1, steps, losses[-1])
-        checkpoint.maybe_save(step + 1, model, optimizer, schedule, {"losses": losses})
-    model.eval()
+    run = train_steps(trainer, block_batches(blocks, batch_size), steps, checkpoint, log_every=50)
+    losses, start = run["losses"], run["resumed_at_step"]
     info = {
         "architecture": spec["architecture"],
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -168,7 +160,7 @@ def pretrain(
         "train_blocks": len(blocks),
         "tokens_seen": steps * batch_size * spec["seq_len"],
         "tokenizer_seconds": round(t_tok, 2),
-        "train_seconds": round(time.time() - t0, 2),
+        "train_seconds": round(run["train_seconds"], 2),
         "resumed_at_step": start,
         "loss_first": losses[0],
         "loss_last": losses[-1],

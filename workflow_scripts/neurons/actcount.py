@@ -30,7 +30,8 @@ import torch
 
 from workflow_scripts.data.corpus import length_sorted_batches
 from workflow_scripts.io import write_parquet
-from workflow_scripts.models.anatomy import MLPSite, activation_hooks, mlp_sites
+from workflow_scripts.models.anatomy import MLPSite, mlp_sites
+from workflow_scripts.models.hooks import activation_hooks
 
 log = logging.getLogger(__name__)
 

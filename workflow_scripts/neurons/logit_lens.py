@@ -42,13 +42,12 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from workflow_scripts.models.anatomy import decoder_layers
+from workflow_scripts.models.anatomy import decoder_layers, final_norm_module, lm_head
 from workflow_scripts.models.padding import pad_id, right_padded
 
 log = logging.getLogger(__name__)
 
 OTHER = "other"
-NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
 MAX_CHUNK_BYTES = 256 * 2**20
 
 
@@ -61,27 +60,6 @@ class TokenClassifier(Protocol):
 def categories_for(lang: str) -> list[str]:
     """Token categories of input language ``lang``: ``en``, ``lang`` (if not en), ``other``."""
     return ["en", OTHER] if lang == "en" else ["en", lang, OTHER]
-
-
-def final_norm_module(model: nn.Module) -> nn.Module:
-    """The final norm of the trunk (``norm``, ``ln_f``, ``final_layer_norm`` ...)."""
-    base = model.base_model
-    for owner in (base, getattr(base, "decoder", None)):
-        for name in NORM_NAMES:
-            module = getattr(owner, name, None) if owner is not None else None
-            if isinstance(module, nn.Module):
-                return module
-    raise ValueError(
-        f"{type(model).__name__}: found no final norm in the base model "
-        f"(looked for {NORM_NAMES}); use final_norm=False"
-    )
-
-
-def _head(model: nn.Module) -> nn.Module:
-    head = model.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no LM head (get_output_embeddings)")
-    return head
 
 
 def _chunk_rows(vocab_size: int, dtype: torch.dtype, max_chunk_bytes: int) -> int:
@@ -127,7 +105,7 @@ def lens_top_k(
     ``tensor[mask]`` orders them). Runs the trunk only, with hooks.
     """
     layers = decoder_layers(model)
-    head = _head(model)
+    head = lm_head(model)
     norm = final_norm_module(model) if final_norm else None
     mask = attention_mask.bool()
     tops: list[torch.Tensor | None] = [None] * len(layers)

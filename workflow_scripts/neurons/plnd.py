@@ -43,132 +43,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 from torch import nn
 
-from workflow_scripts.models.anatomy import UP_NAMES, MLPSite, _child, decoder_layers, mlp_sites
+from workflow_scripts.models.anatomy import (
+    AttentionSite,
+    MLPSite,
+    attention_sites,
+    mlp_sites,
+    norm_eps,
+)
 
 PARTS = ("ffn", "q", "k", "v", "o")
 ATTENTION_PARTS = ("q", "k", "v", "o")
 VARIANTS = ("paper", "released")
 REDUCTIONS = ("l2", "mean", "max", "sum", "rms")
 DEFAULT_REDUCTION = {"paper": "l2", "released": "sum"}
-ATTN_NAMES = ("self_attn", "attn", "self_attention", "attention")
-FUSED_QKV_NAMES = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv")
 
 Key = tuple[int, str]  # (layer, part)
 X = TypeVar("X", torch.Tensor, Mapping)
 
 
 # --------------------------------------------------------------------------- sites
-
-
-@dataclass
-class AttentionSite:
-    """Where layer ``layer``'s attention neurons live (separate q/k/v/o projections)."""
-
-    layer: int
-    attn: nn.Module
-    q: nn.Module
-    k: nn.Module
-    v: nn.Module
-    o: nn.Module
-    q_norm: nn.Module | None  # per-head RMSNorm after q_proj (Gemma 3), else None
-    k_norm: nn.Module | None
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    scaling: float  # the module's own score scale (Gemma: query_pre_attn_scalar**-0.5)
-    causal: bool = True
-    # kv head used by each query head; the stock convention (repeat_kv) is h // group
-    kv_of_head: tuple[int, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if not self.kv_of_head:
-            group = self.n_heads // self.n_kv_heads
-            self.kv_of_head = tuple(h // group for h in range(self.n_heads))
-
-    def heads_of(self, g: int) -> list[int]:
-        """The query heads served by kv head ``g``."""
-        return [h for h, kv in enumerate(self.kv_of_head) if kv == g]
-
-    def heads_of_kv(self) -> torch.Tensor:
-        """``[n_kv_heads, group]`` index of the query heads served by each kv head."""
-        return torch.tensor([self.heads_of(g) for g in range(self.n_kv_heads)], dtype=torch.long)
-
-    def o_weight(self) -> torch.Tensor:
-        """``o_proj`` weight as ``[hidden, n_heads * head_dim]`` (column c = O neuron c)."""
-        return self.o.weight
-
-    def size(self, part: str) -> int:
-        """Number of neurons of ``part`` (q, k, v or o) in this layer."""
-        heads = self.n_kv_heads if part in ("k", "v") else self.n_heads
-        return heads * self.head_dim
-
-
-def _norm_eps(norm: nn.Module) -> float:
-    for name in ("eps", "variance_epsilon"):
-        if isinstance(getattr(norm, name, None), float):
-            return getattr(norm, name)
-    raise NotImplementedError(f"{type(norm).__name__}: unknown epsilon of the q/k norm")
-
-
-def attention_sites(model: nn.Module) -> list[AttentionSite]:
-    """One :class:`AttentionSite` per decoder layer (llama, qwen2, mistral, gemma3).
-
-    Raises ``NotImplementedError`` for fused q/k/v projections (GPT-2, Bloom): score
-    those models with ``parts=("ffn",)``.
-    """
-    sites = []
-    for i, block in enumerate(decoder_layers(model)):
-        attn = _child(block, ATTN_NAMES)
-        if attn is None:
-            raise ValueError(f"layer {i}: no attention module (looked for {ATTN_NAMES})")
-        projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        if any(not isinstance(p, nn.Linear) for p in projs):
-            fused = [n for n in FUSED_QKV_NAMES if hasattr(attn, n)]
-            raise NotImplementedError(
-                f"layer {i}: {type(attn).__name__} has no separate nn.Linear q_proj/k_proj/"
-                f"v_proj/o_proj (fused: {fused or 'unknown layout'}); PLND attention neurons "
-                "are supported for llama, qwen2, mistral and gemma3 only. "
-                "Score the FFN alone with parts=('ffn',)."
-            )
-        q, k, v, o = projs
-        cfg = getattr(model, "config", None)
-        head_dim = getattr(attn, "head_dim", None) or getattr(cfg, "head_dim", None)
-        if not head_dim:
-            head_dim = cfg.hidden_size // cfg.num_attention_heads
-        n_heads, n_kv = q.out_features // head_dim, k.out_features // head_dim
-        if n_heads * head_dim != q.out_features or n_kv * head_dim != k.out_features:
-            raise ValueError(f"layer {i}: q/k widths are not multiples of head_dim {head_dim}")
-        if n_heads % n_kv or v.out_features != k.out_features:
-            raise ValueError(f"layer {i}: {n_heads} query heads, {n_kv} kv heads: bad grouping")
-        scaling = getattr(attn, "scaling", None)
-        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-        for norm in (q_norm, k_norm):
-            if norm is not None and "RMSNorm" not in type(norm).__name__:
-                raise NotImplementedError(f"layer {i}: q/k norm {type(norm).__name__}")
-        sites.append(
-            AttentionSite(
-                layer=i,
-                attn=attn,
-                q=q,
-                k=k,
-                v=v,
-                o=o,
-                q_norm=q_norm,
-                k_norm=k_norm,
-                n_heads=n_heads,
-                n_kv_heads=n_kv,
-                head_dim=head_dim,
-                scaling=float(scaling) if scaling is not None else head_dim**-0.5,
-                causal=bool(getattr(attn, "is_causal", True)),
-            )
-        )
-    return sites
 
 
 # ------------------------------------------------------------- per-token importance
@@ -210,7 +109,7 @@ def _rms_factor(pre: torch.Tensor, norm: nn.Module | None) -> torch.Tensor | Non
     """``rms(x) / rms(x without channel d)`` per channel d, for an RMSNorm over head_dim."""
     if norm is None:
         return None
-    ms = pre.pow(2).mean(-1, keepdim=True) + _norm_eps(norm)
+    ms = pre.pow(2).mean(-1, keepdim=True) + norm_eps(norm)
     return (1 - pre.pow(2) / (pre.shape[-1] * ms)).rsqrt()
 
 
@@ -523,7 +422,7 @@ def plnd_scores(
                 if variant == "paper":
                     handles.append(site.down.register_forward_pre_hook(ffn_hook(site)))
                 else:
-                    up = _child(site.mlp, UP_NAMES) if site.gated else site.first
+                    up = site.up if site.gated else site.first
                     handles.append(up.register_forward_hook(ffn_hook(site)))
         if any(p in ATTENTION_PARTS for p in parts):
             o_cache: dict[int, torch.Tensor] = {}

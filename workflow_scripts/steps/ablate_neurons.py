@@ -1,9 +1,5 @@
-from workflow_scripts.evaluation.ablation import (
-    ablation_matrix,
-    evaluation_texts,
-    perplexity_settings,
-    units_from_table,
-)
+from workflow_scripts.evaluation.ablation import ablation_matrix, units_from_table
+from workflow_scripts.evaluation.perplexity import evaluation_texts, perplexity_settings
 from workflow_scripts.io import read_parquet, write_parquet
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.steps._step import run, threads

@@ -1,7 +1,7 @@
-from workflow_scripts.evaluation.ablation import evaluation_texts, perplexity_settings
+from workflow_scripts.evaluation.perplexity import evaluation_texts, perplexity_settings
 from workflow_scripts.io import read_parquet, write_parquet
 from workflow_scripts.models.loading import load_model
-from workflow_scripts.regions.regions import perturbation_table
+from workflow_scripts.regions.perturbation import perturbation_table
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake

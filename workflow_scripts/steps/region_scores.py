@@ -1,26 +1,30 @@
 from workflow_scripts.models.padding import pad_id
-from workflow_scripts.regions.regions import (
-    delta_scores,
-    grad_x_param_scores,
-    training_run,
-    write_scores,
-)
+from workflow_scripts.regions import scores
 from workflow_scripts.steps._step import run, threads
+from workflow_scripts.training.loop import prepare_run
 
 sm = snakemake
 
 
 def main() -> None:
-    s = sm.params.settings
-    model, tokenizer, docs, checkpoint = training_run(
-        sm.params, sm.input.corpus, threads(sm), lang=sm.wildcards.lang
+    s, p = sm.params.settings, sm.params
+    model, tokenizer, docs, checkpoint = prepare_run(
+        p.model_path,
+        p.dtype,
+        s,
+        sm.input.corpus,
+        p.checkpoint_dir,
+        p.checkpoint_every,
+        threads(sm),
+        code=[scores],
+        lang=sm.wildcards.lang,
     )
-    compute = delta_scores if s["score"] == "delta" else grad_x_param_scores
-    scores, info = compute(model, docs, s, pad_id(tokenizer), checkpoint)
+    compute = scores.delta_scores if s["score"] == "delta" else scores.grad_x_param_scores
+    result, info = compute(model, docs, s, pad_id(tokenizer), checkpoint)
     meta = {**s, **{k: v for k, v in info.items() if k != "losses"}, "n_docs_used": len(docs)}
     if "losses" in info:
         meta["loss_first"], meta["loss_last"] = info["losses"][0], info["losses"][-1]
-    write_scores(scores, sm.output[0], {"lang": sm.wildcards.lang, **meta})
+    scores.write_scores(result, sm.output[0], {"lang": sm.wildcards.lang, **meta})
     checkpoint.clear()
 
 

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 from workflow_scripts.io import write_parquet
+from workflow_scripts.models.anatomy import layers_prefix
 from workflow_scripts.models.loading import load_model
-from workflow_scripts.regions.regions import layers_prefix, region_summary, select_regions
+from workflow_scripts.regions.selection import region_summary, select_regions
 from workflow_scripts.steps._step import run
 
 sm = snakemake

@@ -1,0 +1,150 @@
+"""Token-weighted perplexity on held-out text (docs/methods.md, "Evaluation").
+
+:func:`perplexity` runs the trunk on right-padded, length-sorted batches and the LM
+head only on the valid positions, on contiguous ``[N, V]`` chunks (the transposed
+layout is 3x slower on CPU; logits of a whole batch would not fit in memory for a
+262k-token vocabulary), with Gemma's final logit soft-capping. With ``max_tokens``
+every setting is evaluated on exactly the same predicted tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workflow_scripts.data.corpus import sample_texts
+from workflow_scripts.models.anatomy import lm_head, logit_softcap
+from workflow_scripts.models.padding import pad_id, right_padded
+
+log = logging.getLogger(__name__)
+
+MAX_LOGITS = 2**24  # logits elements per cross-entropy chunk (64 MB in float32)
+# logits elements per cross-entropy chunk (64 MB in float32)
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """Token-weighted perplexity ``exp(nll_sum / n_tokens)`` over the predicted tokens."""
+
+    ppl: float
+    nll_sum: float
+    n_tokens: int
+
+
+def _budgeted_ids(
+    tokenizer, texts: Sequence[str], max_length: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Token ids per text (truncated), cut so that at most ``max_tokens`` are predicted.
+
+    The budget is spent in text order, position by position, so the evaluated tokens
+    do not depend on the batch size. Texts with nothing to predict are dropped.
+    """
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    out = []
+    left = math.inf if max_tokens is None else max_tokens
+    for ids in enc:
+        if left <= 0:
+            break
+        n_pred = min(len(ids) - 1, left)
+        if n_pred > 0:
+            out.append(list(ids[: n_pred + 1]))
+            left -= n_pred
+    return out
+
+
+def _chunked_nll(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None
+) -> float:
+    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of rows at a time."""
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    rows = max(1, MAX_LOGITS // vocab)
+    total = 0.0
+    for i in range(0, hidden.shape[0], rows):
+        logits = head(hidden[i : i + rows])
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        total += F.cross_entropy(logits, targets[i : i + rows], reduction="sum").item()
+    return total
+
+
+@torch.inference_mode()
+def perplexity(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int = 256,
+    batch_size: int = 4,
+    max_tokens: int | None = None,
+) -> PerplexityResult:
+    """Token-weighted perplexity of ``model`` over ``texts`` (teacher forcing).
+
+    Each text is truncated to ``max_length`` tokens (special tokens as the tokenizer
+    adds them); every token after the first is predicted from its prefix. With
+    ``max_tokens`` only the first ``max_tokens`` predicted tokens (in text order)
+    count. Batches are sorted by length and right-padded (pads are masked and never
+    predicted; the tokenizer is not modified). The trunk (``model.base_model``) runs
+    on the batch, the LM head (plus Gemma's final logit softcapping) only on the
+    hidden states of the valid positions, in chunks.
+    """
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"perplexity: max_tokens must be >= 1, got {max_tokens}")
+    docs = _budgeted_ids(tokenizer, texts, max_length, max_tokens)
+    if not docs:
+        raise ValueError("perplexity: no text has a token to predict")
+    pad = pad_id(tokenizer)
+    trunk, head, cap = model.base_model, lm_head(model), logit_softcap(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
+        nll_sum, n_tokens = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            batch = [docs[i] for i in order[start : start + batch_size]]
+            input_ids, mask = right_padded(batch, pad)
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            hidden = trunk(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
+            valid = mask[:, 1:].bool()  # position t predicts token t+1
+            h = hidden[:, :-1][valid].contiguous()
+            nll_sum += _chunked_nll(head, h, input_ids[:, 1:][valid], cap)
+            n_tokens += int(valid.sum())
+    finally:
+        model.train(was_training)
+    return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens)
+
+
+def perplexity_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`perplexity` keywords among the ablation settings."""
+    return {key: settings[key] for key in ("max_length", "batch_size", "max_tokens")}
+
+
+def evaluation_texts(
+    corpora: Mapping[str, str], split: str, n_docs: int
+) -> tuple[dict[str, list[str]], list[str]]:
+    """``lang -> texts`` of every evaluation language that has ``split`` documents.
+
+    A language without any is left out with a warning (and returned in the second
+    list) so that the other languages' results are still produced; if no language
+    has texts, a clear error.
+    """
+    texts, skipped = {}, []
+    for lang, path in corpora.items():
+        try:
+            texts[lang] = sample_texts(path, split, n_docs)
+        except ValueError as err:
+            log.warning("evaluation language %s left out: %s", lang, err)
+            skipped.append(lang)
+    if not texts:
+        raise ValueError(f"no evaluation language has {split!r} documents: {skipped}")
+    return texts, skipped

@@ -1,0 +1,105 @@
+"""Perturbing a region and measuring perplexity in every language (docs/methods.md, "Regions").
+
+:func:`perturbed` zeroes, adds noise to or rescales a region's elements and restores
+them exactly on exit; :func:`perturbation_table` measures every evaluation language
+with and without the perturbation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+
+import pyarrow as pa
+import torch
+from torch import nn
+
+from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
+from workflow_scripts.evaluation.perplexity import perplexity
+from workflow_scripts.regions.selection import KINDS, region_indices, region_params
+
+log = logging.getLogger(__name__)
+
+PERTURBATIONS = ("zero", "noise", "rescale")
+
+
+@contextlib.contextmanager
+def perturbed(
+    model: nn.Module,
+    region: Mapping[str, torch.Tensor],
+    how: str = "zero",
+    scale: float = 1.0,
+    seed: int = 0,
+) -> Iterator[None]:
+    """Perturb the region's elements while the context is active; restore them on exit.
+
+    ``zero`` sets them to 0 (for Gemma's ``x * (1 + w)`` norms that is a scale of 1);
+    ``noise`` adds Gaussian noise of std ``scale`` x the tensor's root mean square
+    (seeded; the RMS, not the std, so constant norm vectors get noise too);
+    ``rescale`` multiplies them by ``scale``.
+    """
+    if how not in PERTURBATIONS:
+        raise ValueError(f"perturb: how must be one of {PERTURBATIONS}, got {how!r}")
+    params = region_params(model, region)
+    gen = torch.Generator().manual_seed(seed)
+    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for name in sorted(params):
+                flat, idx = params[name].data.view(-1), region[name].to(params[name].device)
+                saved.append((flat, idx, flat[idx].clone()))
+                if how == "zero":
+                    flat[idx] = 0
+                elif how == "rescale":
+                    flat[idx] *= scale
+                else:
+                    rms = float(flat.float().square().mean().sqrt()) or 1.0
+                    noise = torch.randn(idx.numel(), generator=gen) * (scale * rms)
+                    flat[idx] += noise.to(flat.dtype).to(flat.device)
+        yield
+    finally:
+        with torch.no_grad():
+            for flat, idx, values in reversed(saved):
+                flat[idx] = values
+
+
+def perturbation_table(
+    model: nn.Module,
+    tokenizer,
+    region: str,
+    table: pa.Table,
+    eval_texts: Mapping[str, Sequence[str]],
+    how: str = "zero",
+    scale: float = 1.0,
+    kinds: Sequence[str] = KINDS,
+    seed: int = 0,
+    **ppl_kwargs,
+) -> pa.Table:
+    """Perplexity in every evaluation language with ``region`` perturbed, and without.
+
+    Rows follow ``ablation.MATRIX_COLUMNS``: one ``base`` row per language, then one
+    row with ``setting`` = the region name (``monolingual_L`` gives setting
+    ``monolingual`` and target_lang L) and ``n_units`` = elements perturbed.
+    """
+    indices = region_indices(table, kinds)
+    n_units = int(sum(i.numel() for i in indices.values()))
+    setting, _, target = region.partition("_")
+    rows = []
+    for lang, texts in eval_texts.items():
+        base = perplexity(model, tokenizer, texts, **ppl_kwargs).ppl
+        rows.append(("base", None, lang, 0, base, base, -1))
+    with perturbed(model, indices, how, scale, seed):
+        for i, (lang, texts) in enumerate(eval_texts.items()):
+            ppl = perplexity(model, tokenizer, texts, **ppl_kwargs).ppl
+            base = rows[i][4]
+            rows.append((setting, target or None, lang, n_units, ppl, base, seed))
+            log.info("region %s (%s) on %s: PPL %.4g (base %.4g)", region, how, lang, ppl, base)
+    columns = list(zip(*rows, strict=True))
+    types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.float64(), pa.float64()]
+    return pa.table(
+        {
+            name: pa.array(col, typ)
+            for name, col, typ in zip(MATRIX_COLUMNS, columns, [*types, pa.int64()], strict=True)
+        }
+    )
