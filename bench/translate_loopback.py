@@ -161,7 +161,7 @@ def kill_resume(tmp: Path, spec: dict, refs: dict, args, sig: signal.Signals) ->
             cmd = [
                 sys.executable,
                 "-m",
-                "workflow_scripts.translation.run",
+                "workflow_scripts.translation",
                 "--config",
                 str(cfg_file),
                 "--dataset",

@@ -23,6 +23,7 @@ import yaml
 from conftest import BUNDLED, REPO
 from openai_server import FakeOpenAI
 
+from workflow_scripts.config import schema_defaults
 from workflow_scripts.data.prompts import (
     parallel_prompts,
     pim_prompt,
@@ -30,7 +31,12 @@ from workflow_scripts.data.prompts import (
     translated_documents,
 )
 from workflow_scripts.io import read_metadata
-from workflow_scripts.translation import run as tr
+from workflow_scripts.translation.cache import TranslationCache, cache_key
+from workflow_scripts.translation.client import backoff_delay, build_messages, retry_after
+from workflow_scripts.translation.errors import TranslationError
+from workflow_scripts.translation.run import COLUMNS, translate_dataset
+from workflow_scripts.translation.settings import settings_with_defaults, validate_sections
+from workflow_scripts.translation.sources import load_items
 
 KEY = "sk-loopback-SECRET-0123456789abcdef"
 ENV = "LOOPBACK_TEST_KEY"
@@ -75,7 +81,7 @@ def write_dataset(tmp_path: Path, n: int, langs=("en", *TARGETS)) -> tuple[dict,
 
 def translate_cli(cfg_file, lang: str, *options: str) -> list[str]:
     """The translation CLI on dataset ``demo`` of ``cfg_file``."""
-    cmd = [sys.executable, "-m", "workflow_scripts.translation.run", "--config", str(cfg_file)]
+    cmd = [sys.executable, "-m", "workflow_scripts.translation", "--config", str(cfg_file)]
     return [*cmd, "--dataset", "demo", "--lang", lang, *options]
 
 
@@ -116,7 +122,7 @@ def make_server():
 
 def run(tmp_path: Path, spec: dict, lang: str, s: dict, **kw) -> dict:
     out = tmp_path / "out" / f"{lang}.parquet"
-    return tr.translate_dataset(
+    return translate_dataset(
         "demo",
         spec,
         lang,
@@ -145,47 +151,47 @@ def assert_key_absent(root: Path, *texts: str) -> None:
 
 def test_cache_survives_a_torn_line_and_is_locked(tmp_path):
     path = tmp_path / "c.jsonl"
-    with tr.TranslationCache(path) as cache:
+    with TranslationCache(path) as cache:
         cache.add({"key": "a", "text": "A"})
-        with pytest.raises(tr.TranslationError, match="locked"):
-            tr.TranslationCache(path)
+        with pytest.raises(TranslationError, match="locked"):
+            TranslationCache(path)
     with path.open("ab") as fh:
         fh.write(b'{"key": "b", "te')  # a crash in the middle of a line
-    with tr.TranslationCache(path) as cache:
+    with TranslationCache(path) as cache:
         assert set(cache.entries) == {"a"} and cache.skipped == 1
         cache.add({"key": "c", "text": "C"})
-    with tr.TranslationCache(path) as cache:
+    with TranslationCache(path) as cache:
         assert set(cache.entries) == {"a", "c"} and cache.skipped == 1
 
 
 def test_cache_key_covers_model_prompt_text_and_language():
-    base = tr.cache_key("m", "v1", "hello", "fr")
+    base = cache_key("m", "v1", "hello", "fr")
     assert len(base) == 64
     others = [
-        tr.cache_key("m2", "v1", "hello", "fr"),
-        tr.cache_key("m", "v2", "hello", "fr"),
-        tr.cache_key("m", "v1", "hello!", "fr"),
-        tr.cache_key("m", "v1", "hello", "de"),
+        cache_key("m2", "v1", "hello", "fr"),
+        cache_key("m", "v2", "hello", "fr"),
+        cache_key("m", "v1", "hello!", "fr"),
+        cache_key("m", "v1", "hello", "de"),
     ]
     assert base not in others and len(set(others)) == 4
 
 
 def test_retry_after_and_backoff():
-    assert tr.retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
-    assert tr.retry_after({"retry-after": "3"}) == 3.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after({"retry-after": "3"}) == 3.0
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 < tr.retry_after({"retry-after": date}) <= 30
-    assert tr.retry_after({}) is None and tr.retry_after({"retry-after": "soon"}) is None
+    assert 25 < retry_after({"retry-after": date}) <= 30
+    assert retry_after({}) is None and retry_after({"retry-after": "soon"}) is None
     import random
 
     rng = random.Random(0)
-    delays = [tr.backoff_delay(a, 1.0, 10.0, rng) for a in range(8)]
+    delays = [backoff_delay(a, 1.0, 10.0, rng) for a in range(8)]
     assert all(0.5 * min(10, 2**a) <= d <= min(10, 2**a) for a, d in enumerate(delays))
 
 
 def test_messages_fill_the_template():
-    s = tr.settings_with_defaults({"system_prompt": "sys"})
-    msgs = tr.build_messages(s, "Hello there.", "en", "zh")
+    s = settings_with_defaults({"system_prompt": "sys"})
+    msgs = build_messages(s, "Hello there.", "en", "zh")
     assert msgs[0] == {"role": "system", "content": "sys"}
     assert msgs[1]["content"].endswith(
         "into Chinese. Reply with the translation only.\n\nHello there."
@@ -200,7 +206,7 @@ def test_clean_run_then_everything_cached(tmp_path, make_server):
     server = make_server(references=refs)
     report = run(tmp_path, spec, "fr", settings(server))
     table = pq.read_table(tmp_path / "out" / "fr.parquet")
-    assert table.column_names == tr.COLUMNS
+    assert table.column_names == COLUMNS
     rows = table.to_pylist()
     assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
     assert all(r["text"] == refs[r["source_text"]]["fr"] for r in rows)
@@ -274,7 +280,7 @@ def test_persistent_bad_replies_are_reported_never_written(tmp_path, make_server
     bad = next(iter(refs))
     schedule = {(bad, "fr"): ["malformed", "empty", "blank", "blank"]}
     server = make_server(references=refs, schedule=schedule)
-    with pytest.raises(tr.TranslationError, match=r"1 item\(s\) failed .*run again") as err:
+    with pytest.raises(TranslationError, match=r"1 item\(s\) failed .*run again") as err:
         run(tmp_path, spec, "fr", settings(server, max_retries=2))
     assert "gave up after 3 attempts" in str(err.value)
     assert not (tmp_path / "out" / "fr.parquet").exists()
@@ -295,10 +301,10 @@ def test_budget_stops_cleanly_and_the_next_run_continues(tmp_path, make_server):
     spec, refs = write_dataset(tmp_path, 12)
     server = make_server(references=refs)
     msg = r"budget.max_items=5 reached: 5 of 12 items are translated and cached"
-    with pytest.raises(tr.TranslationError, match=msg):
+    with pytest.raises(TranslationError, match=msg):
         run(tmp_path, spec, "fr", settings(server, budget={"max_items": 5}))
     assert not (tmp_path / "out" / "fr.parquet").exists() and server.n_paid == 5
-    with pytest.raises(tr.TranslationError, match=r"budget.max_tokens=1 reached"):
+    with pytest.raises(TranslationError, match=r"budget.max_tokens=1 reached"):
         run(tmp_path, spec, "fr", settings(server, concurrency=2, budget={"max_tokens": 1}))
     assert server.n_paid == 7  # the two calls in flight when the budget was hit
     report = run(tmp_path, spec, "fr", settings(server))
@@ -346,10 +352,10 @@ def test_bad_input_fails_before_any_paid_call(tmp_path, make_server, monkeypatch
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(tmp_path, {**spec, "path": str(tmp_path / "nope.jsonl")}, "fr", s)
     monkeypatch.delenv(ENV)
-    with pytest.raises(tr.TranslationError, match=f"environment variable {ENV} .* is not set"):
+    with pytest.raises(TranslationError, match=f"environment variable {ENV} .* is not set"):
         run(tmp_path, spec, "fr", s)
     monkeypatch.setenv(ENV, "sk-wrong-key")
-    with pytest.raises(tr.TranslationError, match="rejected the API key") as err:
+    with pytest.raises(TranslationError, match="rejected the API key") as err:
         run(tmp_path, spec, "fr", s)
     assert "sk-wrong-key" not in str(err.value)
     assert server.n_requests == 0  # no chat call at all (only the free model list)
@@ -358,7 +364,7 @@ def test_bad_input_fails_before_any_paid_call(tmp_path, make_server, monkeypatch
     url = closed.base_url
     closed.stop()
     t0 = time.monotonic()
-    with pytest.raises(tr.TranslationError, match="unreachable"):
+    with pytest.raises(TranslationError, match="unreachable"):
         run(tmp_path, spec, "fr", {**s, "base_url": url})
     assert time.monotonic() - t0 < 5
     assert_key_absent(tmp_path)
@@ -370,7 +376,7 @@ def test_bundled_source_is_the_prepared_corpus_split_in_hash_order(tmp_path):
     prepared = tmp_path / "ko.parquet"
     prepare_corpus({"source": "bundled", "path": str(BUNDLED)}, "ko", prepared)
     spec = {"source": "bundled", "source_lang": "ko", "languages": ["en"], "max_items": 30}
-    items = tr.load_items(spec)
+    items = load_items(spec)
     eval_docs = documents(prepared, "eval", max_chars=2000)
     assert [it.id for it in items] == sorted(eval_docs, key=doc_rank)[:30]
     assert all(eval_docs[it.id] == it.text for it in items)
@@ -389,15 +395,15 @@ def test_huggingface_source_streams_and_checks_the_text_field(tmp_path):
         "languages": ["fr"],
         "max_items": 5,
     }
-    items = tr.load_items(spec, "hubset")
+    items = load_items(spec, "hubset")
     assert [it.text for it in items] == [r["premise"] for r in rows[:5]]  # stream order, cut
     assert items[0].id == f"{hub}:0"
     with pytest.raises(ValueError, match="has no text field 'text'"):
-        tr.load_items({**spec, "text_field": "text"}, "hubset")
+        load_items({**spec, "text_field": "text"}, "hubset")
 
 
 def test_schema_checks_the_sections():
-    tr.validate_sections(
+    validate_sections(
         {
             "datasets": {
                 "d": {
@@ -410,11 +416,11 @@ def test_schema_checks_the_sections():
         }
     )
     with pytest.raises(ValueError, match="'path' is a required property"):
-        tr.validate_sections(
+        validate_sections(
             {"datasets": {"d": {"source": "local", "source_lang": "en", "languages": ["fr"]}}}
         )
     with pytest.raises(ValueError, match="concurrency"):
-        tr.validate_sections({"translation": {"concurrency": 0}})
+        validate_sections({"translation": {"concurrency": 0}})
 
 
 # ----------------------------------------------------------------------------- kill + resume
@@ -537,7 +543,7 @@ def test_parallel_condition_counts_from_translated_tables(
     model_dir = tmp_path / "model"
     tiny_model("qwen2").save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
-    s = tr.schema_defaults("actcount") | {
+    s = schema_defaults("actcount") | {
         "n_prompts": 3,
         "positions": "all",
         "max_length": 64,
