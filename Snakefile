@@ -3,9 +3,16 @@
 Wiring only: config validation, the rule files, the `all` target.
 """
 
-from snakemake.utils import min_version, validate
+import sys
+
+from snakemake.utils import min_version
 
 min_version("9.0")
+
+# the library is installed (pip install -e .); this also finds it in a plain checkout
+sys.path.insert(0, workflow.basedir)
+
+from workflow_scripts.config import validate_config
 
 
 configfile: "config.yaml"
@@ -14,7 +21,8 @@ configfile: "config.yaml"
 report: "resources/report/workflow.rst"
 
 
-validate(config, "resources/schemas/config.schema.yaml")
+# the schema (snakemake.utils.validate, defaults filled in) and the cross-field checks
+validate_config(config)
 
 
 wildcard_constraints:

@@ -1,30 +1,28 @@
-"""Ablation: deactivate each language's selected neurons, measure perplexity in every language."""
+"""Ablation: deactivate each language's selected neurons, or perturb each region, and
+measure perplexity in every language."""
 
 
 rule ablate_neurons:
     input:
         model=model_input,
-        selection="results/neurons/{model}/{method}/{lang}.parquet",
+        selection=paths.NEURONS,
         corpora=lambda wc: eval_corpora(wc.model).values(),
     output:
-        "results/ablation/{model}/{method}/{lang}.parquet",
+        paths.NEURON_ABLATION,
     log:
-        f"{LOGS}/ablate_neurons/{{model}}/{{method}}/{{lang}}.log",
+        logs("ablate_neurons", "model", "method", "lang"),
     benchmark:
-        f"{BENCH}/ablate_neurons/{{model}}/{{method}}/{{lang}}.tsv"
+        benchmarks("ablate_neurons", "model", "method", "lang")
     wildcard_constraints:
         method="|".join(METHODS),
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
-        corpora=lambda wc: eval_corpora(wc.model),
+        **model_params(),
+        languages=LANGS,
         settings=lambda wc: method_settings(wc.model, "ablation"),
     script:
         "../workflow_scripts/steps/ablate_neurons.py"
@@ -33,27 +31,24 @@ rule ablate_neurons:
 rule perturb_regions:
     input:
         model=model_input,
-        region="results/regions/{model}/{region}.parquet",
+        region=paths.REGION,
         corpora=lambda wc: eval_corpora(wc.model).values(),
     output:
-        "results/ablation/{model}/region/{region}.parquet",
+        paths.REGION_ABLATION,
     log:
-        f"{LOGS}/perturb_regions/{{model}}/{{region}}.log",
+        logs("perturb_regions", "model", "region"),
     benchmark:
-        f"{BENCH}/perturb_regions/{{model}}/{{region}}.tsv"
+        benchmarks("perturb_regions", "model", "region")
     wildcard_constraints:
         region="|".join(PERTURBED),
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
-        corpora=lambda wc: eval_corpora(wc.model),
+        **model_params(),
+        languages=LANGS,
         settings=lambda wc: method_settings(wc.model, "ablation"),
         regions=lambda wc: perturb_settings(wc.model),
     script:
@@ -64,44 +59,40 @@ rule collect_ablation:
     input:
         ablation_parts,
     output:
-        "results/ablation/{model}/{method}.parquet",
+        paths.ABLATION,
     log:
-        f"{LOGS}/collect_ablation/{{model}}/{{method}}.log",
+        logs("collect_ablation", "model", "method"),
     benchmark:
-        f"{BENCH}/collect_ablation/{{model}}/{{method}}.tsv"
+        benchmarks("collect_ablation", "model", "method")
     wildcard_constraints:
         method="|".join(METHODS + ("region",)),
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    params:
-        method=lambda wc: wc.method,
     script:
         "../workflow_scripts/steps/collect_ablation.py"
 
 
 rule plot_ablation:
     input:
-        lambda wc: [
-            f"results/ablation/{wc.model}/{method}.parquet" for method in METHODS
-        ],
+        lambda wc: [ablation_file(wc.model, method) for method in METHODS],
     output:
         report(
-            "results/figures/ablation_{model}.png",
+            paths.fill(paths.FIGURE, figure="ablation"),
             caption="../resources/report/ablation.rst",
             category="Ablation",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "ablation"},
         ),
     log:
-        f"{LOGS}/plot_ablation/{{model}}.log",
+        logs("plot_ablation", "model"),
     benchmark:
-        f"{BENCH}/plot_ablation/{{model}}.tsv"
+        benchmarks("plot_ablation", "model")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,26 +1,57 @@
-"""Path helpers and config look-ups shared by every rule file."""
+"""Config look-ups, path helpers and the shared blocks of the rule files.
 
-import copy
-import sys
+Paths come from workflow_scripts/paths.py (the path contract), config checks from
+workflow_scripts/config.py (run by the Snakefile), the settings each job depends on
+from the stage packages. Nothing here computes.
+"""
+
 from pathlib import Path
 
-from snakemake.utils import validate
-
-# the library is installed (pip install -e .); this also finds it in a plain checkout
-sys.path.insert(0, workflow.basedir)
-
+from workflow_scripts import config as cfg
+from workflow_scripts import paths
 from workflow_scripts.languages import check_language
-from workflow_scripts.models.loading import check_model_path, looks_local
+from workflow_scripts.models.loading import looks_local
+from workflow_scripts.neurons import (
+    ACTCOUNT_SETTINGS,
+    PARALLEL_SETTINGS,
+    PARALLEL_TRANSLATED_SETTINGS,
+    PIM_SETTINGS,
+    STATS_SETTINGS,
+)
+from workflow_scripts.regions import PERTURB_SETTINGS, SCORE_SETTINGS
 
-LANGS = [check_language(lang) for lang in config["languages"]]
+LANGS = config["languages"]
 MODELS = config["models"]
 CORPORA = config["corpora"]
 DATASETS = config["datasets"]
-KINDS = ("path", "gguf", "tiny")
-LOGS = "results/logs"
-BENCH = "results/benchmarks"
-# resumable training state, outside any rule output (Snakemake deletes failed outputs)
-CHECKPOINTS = "results/checkpoints"
+METHODS = ("plnd", "lape", "actcount")
+FIGURES = ("heatmap", "inhibition", "peaks", "layers", "overlap", "logit_lens")
+FIGURES += ("ablation", "regions")
+REGION_LANGS = config["regions"]["languages"]
+REGIONS = ["top", "bottom", "random", "core"] + [
+    f"monolingual_{lang}" for lang in REGION_LANGS
+]
+# perturbed in the ablation (core is top or bottom, by the score)
+PERTURBED = ["top", "bottom", "random"] + [
+    f"monolingual_{lang}" for lang in REGION_LANGS
+]
+ENV = "../envs/workflow.yaml"
+
+
+def logs(rule, *parts):
+    return paths.log(rule, *parts)
+
+
+def benchmarks(rule, *parts):
+    return paths.benchmark(rule, *parts)
+
+
+def checkpoints_dir(rule, *parts):
+    """Resumable training state of a job, outside its outputs (Snakemake deletes those)."""
+    return paths.job_path(paths.CHECKPOINTS, rule, *parts)
+
+
+# ------------------------------------------------------------------------ models
 
 
 def model_spec(model):
@@ -32,29 +63,27 @@ def model_spec(model):
     return MODELS[model]
 
 
-def model_kind(model):
-    spec = model_spec(model)
-    return next(kind for kind in KINDS if kind in spec)
-
-
 def models_of_kind(kind):
     """Regex matching the model keys of one kind (never matches if there are none)."""
-    keys = [m for m in MODELS if model_kind(m) == kind]
+    keys = [m for m in MODELS if cfg.model_kind(MODELS[m]) == kind]
     return "|".join(keys) if keys else "(?!)"
 
 
 def model_dir(model):
     """Directory (or hub id) the model is loaded from."""
-    if model_kind(model) == "path":
+    if cfg.model_kind(model_spec(model)) == "path":
         path = model_spec(model)["path"]
         return str(Path(path).expanduser()) if looks_local(path) else path
-    return f"results/models/{model}"
+    return paths.fill(paths.MODEL_DIR, model=model)
 
 
 def model_input(wildcards):
     """Input files of a model: its built directory, a local directory, or nothing (hub id)."""
     path = model_dir(wildcards.model)
-    return path if model_kind(wildcards.model) != "path" or looks_local(path) else []
+    is_hub_id = cfg.model_kind(
+        model_spec(wildcards.model)
+    ) == "path" and not looks_local(path)
+    return [] if is_hub_id else path
 
 
 def model_resources(model, key):
@@ -74,11 +103,36 @@ def cluster_resource(key):
     return lambda wc: cluster_resources(wc.model).get(key)
 
 
-def model_cluster_resources():
-    """`resources:` entries of the cluster keys, for the rules that load a model; one per
-    key some configured model uses (so a CPU-only config adds none), valued per job."""
+def model_threads(wildcards):
+    return model_resources(wildcards.model, "threads")
+
+
+def model_job_resources(mem_factor=1):
+    """`resources:` of a job that loads the model: its memory (times `mem_factor`),
+    runtime, and one entry per cluster key some configured model uses (so a CPU-only
+    config requests none), valued per job."""
     keys = sorted({key for model in MODELS for key in cluster_resources(model)})
-    return {key: cluster_resource(key) for key in keys}
+    return {
+        **{key: cluster_resource(key) for key in keys},
+        "mem_mb": lambda wc: mem_factor * model_resources(wc.model, "mem_mb"),
+        "runtime": lambda wc: model_resources(wc.model, "runtime"),
+    }
+
+
+def model_params():
+    """`params:` every model job passes to its script: where the model is, its dtype."""
+    return {
+        "model_path": lambda wc: model_dir(wc.model),
+        "dtype": lambda wc: model_spec(wc.model)["dtype"],
+    }
+
+
+def method_settings(model, method):
+    """Global settings of `method` with the model's overrides (validated at start-up)."""
+    return cfg.method_settings(config, model, method)
+
+
+# ----------------------------------------------------------------------- corpora
 
 
 def corpus_of(model):
@@ -86,14 +140,19 @@ def corpus_of(model):
 
 
 def corpus_file(corpus, lang):
-    return f"results/corpus/{corpus}/{check_language(lang)}.parquet"
+    return paths.fill(paths.CORPUS, corpus=corpus, lang=check_language(lang))
 
 
-def actcount_conditions():
-    return config["actcount"].get("conditions", LANGS + ["parallel"])
+def model_corpus(wildcards):
+    """The job's language of its model's corpus."""
+    return corpus_file(corpus_of(wildcards.model), wildcards.lang)
 
 
-# --- used by data.smk ---
+def eval_corpora(model):
+    """lang -> corpus file, for every evaluation language."""
+    return {lang: corpus_file(corpus_of(model), lang) for lang in LANGS}
+
+
 def corpus_source_input(wildcards):
     spec = CORPORA.get(wildcards.corpus)
     if spec is None:
@@ -109,7 +168,6 @@ def corpus_source_input(wildcards):
     return dataset if Path(dataset).exists() else []
 
 
-# --- used by models.smk ---
 def tiny_corpus_files(model):
     """lang -> corpus file of the tiny model's own pretraining languages."""
     spec = model_spec(model)["tiny"]
@@ -117,7 +175,9 @@ def tiny_corpus_files(model):
     return {lang: corpus_file(corpus, lang) for lang in spec["languages"]}
 
 
-# --- used by translation.smk ---
+# ------------------------------------------------------------------- translation
+
+
 def dataset_spec(wildcards):
     """The config entry of dataset `wildcards.dataset`, if `wildcards.lang` is one of its languages."""
     if wildcards.dataset not in DATASETS:
@@ -139,103 +199,78 @@ def dataset_source_input(wildcards):
     """The dataset's source file (bundled or local), or nothing (a hub dataset)."""
     spec = dataset_spec(wildcards)
     if spec["source"] == "bundled":
-        return spec.get("path", f"{workflow.basedir}/resources/corpus/bundled.parquet")
+        return spec.get("path", str(cfg.BUNDLED_CORPUS))
     if spec["source"] == "local":
         return spec["path"].format(lang=spec["source_lang"])
     return spec["dataset"] if Path(spec["dataset"]).exists() else []
 
 
-def translation_cache(wildcards):
-    """Outside the outputs, so a failed or killed job keeps what it paid for."""
-    return f"results/translated/.cache/{wildcards.dataset}/{wildcards.lang}.jsonl"
+# ---------------------------------------------------------- activation counting
 
 
-def translated_dataset():
-    """The dataset the parallel condition reads (`translated:<dataset>`), or None."""
-    source = config["actcount"]["parallel_source"]
-    return source.split(":", 1)[1] if source.startswith("translated:") else None
+def actcount_conditions():
+    return config["actcount"].get("conditions", LANGS + ["parallel"])
 
 
-# --- used by neurons.smk ---
 def actcount_corpora(wildcards):
     """lang -> corpus (or translated) file the condition's prompts come from."""
     corpus = corpus_of(wildcards.model)
     if wildcards.condition != "parallel":
         return {wildcards.condition: corpus_file(corpus, wildcards.condition)}
     langs = config["actcount"]["parallel_languages"]
-    dataset = translated_dataset()
+    dataset = cfg.translated_dataset(config)
     if dataset is not None:
-        return {lang: f"results/translated/{dataset}/{lang}.parquet" for lang in langs}
+        return {
+            lang: paths.fill(paths.TRANSLATED, dataset=dataset, lang=lang)
+            for lang in langs
+        }
     return {lang: corpus_file(corpus, lang) for lang in langs}
-
-
-ACTCOUNT_KEYS = (
-    "positions n_prompts max_prompt_chars prompt_prefix split max_new_tokens max_length batch_size "
-    "temperature seed chat_template system_prompt prompt_template"
-).split()
-PARALLEL_KEYS = ["parallel_languages", "parallel_template", "parallel_item_template"]
-PIM_KEYS = ["parallel_builder", "pim_k", "pim_template"]
 
 
 def actcount_settings(wildcards):
     """Only the settings the condition depends on (so a plot setting re-runs no counting)."""
-    keys = ACTCOUNT_KEYS + (PARALLEL_KEYS if wildcards.condition == "parallel" else [])
-    settings = {key: config["actcount"][key] for key in keys}
-    # only non-default choices enter params, so earlier parallel runs are not re-run
-    if wildcards.condition == "parallel":
-        act = config["actcount"]
-        if translated_dataset() is not None:
-            settings["parallel_source"] = act["parallel_source"]
-            settings["parallel_skip_flagged"] = act["parallel_skip_flagged"]
+    parallel = wildcards.condition == "parallel"
+    act = config["actcount"]
+    settings = {key: act[key] for key in ACTCOUNT_SETTINGS}
+    if parallel:
+        settings.update({key: act[key] for key in PARALLEL_SETTINGS})
+        # only non-default choices enter params, so earlier parallel runs are not re-run
+        if cfg.translated_dataset(config) is not None:
+            settings.update({key: act[key] for key in PARALLEL_TRANSLATED_SETTINGS})
         if act["parallel_builder"] != "concat":
-            settings.update({k: act[k] for k in PIM_KEYS if k in act})
+            settings.update({k: act[k] for k in PIM_SETTINGS if k in act})
     return settings
 
 
-# --- used by figures.smk ---
 def activation_files(wildcards):
-    return {
-        cond: f"results/activations/{wildcards.model}/{cond}.parquet"
+    return [
+        paths.fill(paths.ACTIVATIONS, model=wildcards.model, condition=cond)
         for cond in actcount_conditions()
-    }
+    ]
 
 
 def inhibition_files(wildcards):
-    return {
-        cond: f"results/activations/{wildcards.model}/{cond}.inhibition.parquet"
+    return [
+        paths.fill(paths.INHIBITION, model=wildcards.model, condition=cond)
         for cond in actcount_conditions()
-    }
+    ]
 
 
-METHODS = ("plnd", "lape", "actcount")
-# settings each per-language statistics job depends on (the rest only affect selection)
-STATS_KEYS = {
-    "plnd": "variant parts reduction top_fraction epsilon n_docs max_length batch_size split".split(),
-    "lape": "n_docs max_length batch_size split".split(),
-}
-
-
-def method_settings(model, method):
-    """Global settings of `method` with the model's overrides (validated at start-up)."""
-    return {**config[method], **model_spec(model).get(method, {})}
+# ------------------------------------------------------------ neuron selection
 
 
 def stats_settings(wildcards, method):
     settings = method_settings(wildcards.model, method)
-    return {key: settings[key] for key in STATS_KEYS[method] if key in settings}
+    return {key: settings[key] for key in STATS_SETTINGS[method] if key in settings}
 
 
 def stats_files(wildcards):
-    """lang -> the per-language statistics a selection is computed from."""
+    """The per-language statistics a selection is computed from, in LANGS order."""
     if wildcards.method == "actcount":
-        return {
-            lang: f"results/activations/{wildcards.model}/{lang}.parquet"
-            for lang in LANGS
-        }
-    return {
-        lang: f"results/stats/{wildcards.model}/{wildcards.method}/{lang}.parquet"
-        for lang in LANGS
-    }
+        template = paths.fill(paths.ACTIVATIONS, model=wildcards.model)
+        return [template.format(condition=lang) for lang in LANGS]
+    template = paths.fill(paths.STATS, model=wildcards.model, method=wildcards.method)
+    return [template.format(lang=lang) for lang in LANGS]
 
 
 def selection_settings(wildcards):
@@ -253,31 +288,20 @@ def selection_settings(wildcards):
     }
 
 
+def selection_file(model, method, lang):
+    return paths.fill(paths.NEURONS, model=model, method=method, lang=lang)
+
+
 def selection_files(model):
-    """method -> lang -> selection table of one model."""
-    return {
-        method: {
-            lang: f"results/neurons/{model}/{method}/{lang}.parquet" for lang in LANGS
-        }
-        for method in METHODS
-    }
+    """Every selection table of one model, method by method, each in LANGS order."""
+    return [selection_file(model, m, lang) for m in METHODS for lang in LANGS]
 
 
-def eval_corpora(model):
-    """lang -> corpus file, for every evaluation language."""
-    return {lang: corpus_file(corpus_of(model), lang) for lang in LANGS}
+def logit_lens_files(model):
+    return [paths.fill(paths.LOGIT_LENS, model=model, lang=lang) for lang in LANGS]
 
 
-REGION_LANGS = [check_language(lang) for lang in config["regions"]["languages"]]
-REGIONS = ["top", "bottom", "random", "core"] + [
-    f"monolingual_{lang}" for lang in REGION_LANGS
-]
-# perturbed in the ablation (core is top or bottom, by the score)
-PERTURBED = ["top", "bottom", "random"] + [
-    f"monolingual_{lang}" for lang in REGION_LANGS
-]
-# settings that change a language's region scores
-SCORE_KEYS = "score n_docs max_length steps batch_size lr weight_decay trainable seed engine zero_stage".split()
+# ---------------------------------------------------------------------- regions
 
 
 def region_settings(model):
@@ -286,107 +310,68 @@ def region_settings(model):
 
 def score_settings(model):
     settings = region_settings(model)
-    return {key: settings[key] for key in SCORE_KEYS}
+    return {key: settings[key] for key in SCORE_SETTINGS}
 
 
 def region_score_files(model):
-    """region language -> its score file under the model's configured score."""
+    """The score files of the region languages (REGION_LANGS order), configured score."""
     score = region_settings(model)["score"]
-    return {
-        lang: f"results/regions/{model}/{score}/{lang}.safetensors"
+    return [
+        paths.fill(paths.REGION_SCORES, model=model, score=score, lang=lang)
         for lang in REGION_LANGS
-    }
+    ]
+
+
+def region_file(region):
+    return paths.fill(paths.REGION, region=region)
 
 
 def perturb_settings(model):
     settings = region_settings(model)
-    keys = ("score", "k", "perturb", "perturb_scale", "perturb_kinds")
-    return {key: settings[key] for key in keys}
+    return {key: settings[key] for key in PERTURB_SETTINGS}
+
+
+# --------------------------------------------------------------------- ablation
 
 
 def ablation_parts(wildcards):
     """Per-target ablation tables of one model and method (regions: per perturbed region)."""
-    parts = PERTURBED if wildcards.method == "region" else LANGS
-    return [
-        f"results/ablation/{wildcards.model}/{wildcards.method}/{part}.parquet"
-        for part in parts
-    ]
+    if wildcards.method == "region":
+        template = paths.fill(paths.REGION_ABLATION, model=wildcards.model)
+        return [template.format(region=region) for region in PERTURBED]
+    template = paths.fill(
+        paths.NEURON_ABLATION, model=wildcards.model, method=wildcards.method
+    )
+    return [template.format(lang=lang) for lang in LANGS]
+
+
+def ablation_file(model, method):
+    return paths.fill(paths.ABLATION, model=model, method=method)
 
 
 def findings_inputs(wildcards):
     """Named inputs of the findings table of one model."""
     model = wildcards.model
-    inputs = {f"ablation_{m}": f"results/ablation/{model}/{m}.parquet" for m in METHODS}
-    inputs["region"] = f"results/ablation/{model}/region.parquet"
+    inputs = {f"ablation_{m}": ablation_file(model, m) for m in METHODS}
+    inputs["region"] = ablation_file(model, "region")
     for cond in actcount_conditions():
-        inputs[f"inhibition_{cond}"] = (
-            f"results/activations/{model}/{cond}.inhibition.parquet"
+        inputs[f"inhibition_{cond}"] = paths.fill(
+            paths.INHIBITION, model=model, condition=cond
         )
     for method in ("plnd", "lape"):
         for lang in LANGS:
-            inputs[f"sel_{method}_{lang}"] = (
-                f"results/neurons/{model}/{method}/{lang}.parquet"
-            )
+            inputs[f"sel_{method}_{lang}"] = selection_file(model, method, lang)
     return inputs
 
 
 def all_targets():
     figures = [
-        "heatmap",
-        "inhibition",
-        "peaks",
-        "layers",
-        "overlap",
-        "logit_lens",
-        "ablation",
-        "regions",
+        paths.fill(paths.FIGURE, figure=fig, model=model)
+        for model in MODELS
+        for fig in FIGURES
     ]
-    return [
-        f"results/figures/{fig}_{model}.png" for model in MODELS for fig in figures
-    ] + [f"results/tables/findings_{model}.csv" for model in MODELS]
-
-
-for _model, _spec in MODELS.items():
-    if _spec["corpus"] not in CORPORA:
-        raise ValueError(
-            f"model {_model!r}: corpus {_spec['corpus']!r} is not a key under corpora: "
-            f"({', '.join(CORPORA)})"
-        )
-    if "path" in _spec:
-        check_model_path(_spec["path"])
-    if "languages" in _spec.get("regions", {}):
-        raise ValueError(
-            f"model {_model!r}: regions.languages is global (set it under regions:)"
-        )
-    for _method in (
-        "plnd",
-        "lape",
-        "logit_lens",
-        "ablation",
-        "regions",
-    ):  # per-model overrides obey the schema
-        if _method in _spec:
-            _merged = copy.deepcopy(config)
-            _merged[_method] = {**config[_method], **_spec[_method]}
-            validate(_merged, "../resources/schemas/config.schema.yaml")
-for _lang in config["actcount"]["parallel_languages"] + [
-    c for c in config["actcount"].get("conditions", []) if c != "parallel"
-]:
-    check_language(_lang)
-for _name, _spec in DATASETS.items():
-    for _lang in [_spec["source_lang"], *_spec["languages"]]:
-        check_language(_lang)
-if translated_dataset() is not None:
-    _name = translated_dataset()
-    if _name not in DATASETS:
-        raise ValueError(
-            f"actcount.parallel_source: {config['actcount']['parallel_source']!r} names no "
-            f"dataset under datasets: ({', '.join(DATASETS) or 'none'})"
-        )
-    _have = {DATASETS[_name]["source_lang"], *DATASETS[_name]["languages"]}
-    _missing = [c for c in config["actcount"]["parallel_languages"] if c not in _have]
-    if _missing:
-        raise ValueError(
-            f"actcount.parallel_languages {_missing} are not languages of dataset {_name!r} "
-            f"({', '.join(sorted(_have))}): add them to datasets.{_name}.languages"
-        )
+    tables = [
+        paths.fill(paths.TABLE, table="findings", model=model, ext="csv")
+        for model in MODELS
+    ]
+    return figures + tables

@@ -5,13 +5,13 @@ rule prepare_corpus:
     input:
         corpus_source_input,
     output:
-        "results/corpus/{corpus}/{lang}.parquet",
+        paths.CORPUS,
     log:
-        f"{LOGS}/prepare_corpus/{{corpus}}/{{lang}}.log",
+        logs("prepare_corpus", "corpus", "lang"),
     benchmark:
-        f"{BENCH}/prepare_corpus/{{corpus}}/{{lang}}.tsv"
+        benchmarks("prepare_corpus", "corpus", "lang")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=2000,

@@ -3,36 +3,36 @@
 
 rule plot_activations:
     input:
-        counts=lambda wc: activation_files(wc).values(),
-        inhibition=lambda wc: inhibition_files(wc).values(),
+        counts=activation_files,
+        inhibition=inhibition_files,
     output:
         heatmap=report(
-            "results/figures/heatmap_{model}.png",
+            paths.fill(paths.FIGURE, figure="heatmap"),
             caption="../resources/report/heatmap.rst",
             category="Activation counting",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "heatmap"},
         ),
         inhibition=report(
-            "results/figures/inhibition_{model}.png",
+            paths.fill(paths.FIGURE, figure="inhibition"),
             caption="../resources/report/inhibition.rst",
             category="Activation counting",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "inhibition"},
         ),
         peaks=report(
-            "results/figures/peaks_{model}.png",
+            paths.fill(paths.FIGURE, figure="peaks"),
             caption="../resources/report/peaks.rst",
             category="Activation counting",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "peaks"},
         ),
     log:
-        f"{LOGS}/plot_activations/{{model}}.log",
+        logs("plot_activations", "model"),
     benchmark:
-        f"{BENCH}/plot_activations/{{model}}.tsv"
+        benchmarks("plot_activations", "model")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -46,65 +46,57 @@ rule plot_activations:
 
 rule plot_neurons:
     input:
-        selections=lambda wc: [
-            path
-            for paths in selection_files(wc.model).values()
-            for path in paths.values()
-        ],
-        logit_lens=lambda wc: [
-            f"results/logit_lens/{wc.model}/{lang}.parquet" for lang in LANGS
-        ],
+        selections=lambda wc: selection_files(wc.model),
+        logit_lens=lambda wc: logit_lens_files(wc.model),
     output:
         layers=report(
-            "results/figures/layers_{model}.png",
+            paths.fill(paths.FIGURE, figure="layers"),
             caption="../resources/report/layers.rst",
             category="Language-specific neurons",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "layers"},
         ),
         overlap=report(
-            "results/figures/overlap_{model}.png",
+            paths.fill(paths.FIGURE, figure="overlap"),
             caption="../resources/report/overlap.rst",
             category="Language-specific neurons",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "overlap"},
         ),
         logit_lens=report(
-            "results/figures/logit_lens_{model}.png",
+            paths.fill(paths.FIGURE, figure="logit_lens"),
             caption="../resources/report/logit_lens.rst",
             category="Logit lens",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "logit_lens"},
         ),
         counts=report(
-            "results/tables/neurons_{model}.csv",
+            paths.fill(paths.TABLE, table="neurons", ext="csv"),
             caption="../resources/report/neurons_table.rst",
             category="Language-specific neurons",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "neurons table"},
         ),
         jaccard=report(
-            "results/tables/overlap_{model}.csv",
+            paths.fill(paths.TABLE, table="overlap", ext="csv"),
             caption="../resources/report/overlap_table.rst",
             category="Language-specific neurons",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "overlap table"},
         ),
     log:
-        f"{LOGS}/plot_neurons/{{model}}.log",
+        logs("plot_neurons", "model"),
     benchmark:
-        f"{BENCH}/plot_neurons/{{model}}.tsv"
+        benchmarks("plot_neurons", "model")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=20,
     params:
-        tables=lambda wc: selection_files(wc.model),
-        logit_lens=lambda wc: {
-            lang: f"results/logit_lens/{wc.model}/{lang}.parquet" for lang in LANGS
-        },
+        methods=METHODS,
+        languages=LANGS,
         final_norm=lambda wc: method_settings(wc.model, "logit_lens")["final_norm"],
         stages=lambda wc: method_settings(wc.model, "plnd").get("stages"),
     script:
@@ -113,22 +105,22 @@ rule plot_neurons:
 
 rule plot_regions:
     input:
-        summary="results/tables/regions_{model}.csv",
-        perturbation="results/ablation/{model}/region.parquet",
+        summary=paths.fill(paths.TABLE, table="regions", ext="csv"),
+        perturbation=paths.fill(paths.ABLATION, method="region"),
     output:
         report(
-            "results/figures/regions_{model}.png",
+            paths.fill(paths.FIGURE, figure="regions"),
             caption="../resources/report/regions.rst",
             category="Linguistic regions",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "regions"},
         ),
     log:
-        f"{LOGS}/plot_regions/{{model}}.log",
+        logs("plot_regions", "model"),
     benchmark:
-        f"{BENCH}/plot_regions/{{model}}.tsv"
+        benchmarks("plot_regions", "model")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=2000,

@@ -3,15 +3,15 @@
 
 rule convert_gguf:
     output:
-        directory("results/models/{model}"),
+        directory(paths.MODEL_DIR),
     log:
-        f"{LOGS}/convert_gguf/{{model}}.log",
+        logs("convert_gguf", "model"),
     benchmark:
-        f"{BENCH}/convert_gguf/{{model}}.tsv"
+        benchmarks("convert_gguf", "model")
     wildcard_constraints:
         model=models_of_kind("gguf"),
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 2
     resources:
         mem_mb=lambda wc: 2 * model_resources(wc.model, "mem_mb"),
@@ -25,24 +25,24 @@ rule convert_gguf:
 
 rule pretrain_tiny:
     input:
-        lambda wc: tiny_corpus_files(wc.model).values(),
+        corpora=lambda wc: tiny_corpus_files(wc.model).values(),
     output:
-        directory("results/models/{model}"),
+        directory(paths.MODEL_DIR),
     log:
-        f"{LOGS}/pretrain_tiny/{{model}}.log",
+        logs("pretrain_tiny", "model"),
     benchmark:
-        f"{BENCH}/pretrain_tiny/{{model}}.tsv"
+        benchmarks("pretrain_tiny", "model")
     wildcard_constraints:
         model=models_of_kind("tiny"),
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
     params:
         spec=lambda wc: model_spec(wc.model)["tiny"],
-        corpora=lambda wc: tiny_corpus_files(wc.model),
-        checkpoint_dir=f"{CHECKPOINTS}/pretrain_tiny/{{model}}",
+        languages=lambda wc: list(tiny_corpus_files(wc.model)),
+        checkpoint_dir=checkpoints_dir("pretrain_tiny", "model"),
     script:
         "../workflow_scripts/steps/pretrain_tiny.py"

@@ -1,4 +1,4 @@
-"""Neuron statistics per model and condition/language."""
+"""Neuron statistics per model and condition/language, and the language-specific selections."""
 
 
 rule count_activations:
@@ -6,23 +6,20 @@ rule count_activations:
         model=model_input,
         corpora=lambda wc: actcount_corpora(wc).values(),
     output:
-        counts="results/activations/{model}/{condition}.parquet",
-        inhibition="results/activations/{model}/{condition}.inhibition.parquet",
+        counts=paths.ACTIVATIONS,
+        inhibition=paths.INHIBITION,
     log:
-        f"{LOGS}/count_activations/{{model}}/{{condition}}.log",
+        logs("count_activations", "model", "condition"),
     benchmark:
-        f"{BENCH}/count_activations/{{model}}/{{condition}}.tsv"
+        benchmarks("count_activations", "model", "condition")
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model).get("dtype", "float32"),
-        corpora=actcount_corpora,
+        **model_params(),
+        languages=lambda wc: list(actcount_corpora(wc)),
         settings=actcount_settings,
     script:
         "../workflow_scripts/steps/count_activations.py"
@@ -31,23 +28,20 @@ rule count_activations:
 rule plnd_stats:
     input:
         model=model_input,
-        corpus=lambda wc: corpus_file(corpus_of(wc.model), wc.lang),
+        corpus=model_corpus,
     output:
-        "results/stats/{model}/plnd/{lang}.parquet",
+        paths.fill(paths.STATS, method="plnd"),
     log:
-        f"{LOGS}/plnd_stats/{{model}}/{{lang}}.log",
+        logs("plnd_stats", "model", "lang"),
     benchmark:
-        f"{BENCH}/plnd_stats/{{model}}/{{lang}}.tsv"
+        benchmarks("plnd_stats", "model", "lang")
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
+        **model_params(),
         settings=lambda wc: stats_settings(wc, "plnd"),
     script:
         "../workflow_scripts/steps/plnd_stats.py"
@@ -56,23 +50,20 @@ rule plnd_stats:
 rule lape_stats:
     input:
         model=model_input,
-        corpus=lambda wc: corpus_file(corpus_of(wc.model), wc.lang),
+        corpus=model_corpus,
     output:
-        "results/stats/{model}/lape/{lang}.parquet",
+        paths.fill(paths.STATS, method="lape"),
     log:
-        f"{LOGS}/lape_stats/{{model}}/{{lang}}.log",
+        logs("lape_stats", "model", "lang"),
     benchmark:
-        f"{BENCH}/lape_stats/{{model}}/{{lang}}.tsv"
+        benchmarks("lape_stats", "model", "lang")
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
+        **model_params(),
         settings=lambda wc: stats_settings(wc, "lape"),
     script:
         "../workflow_scripts/steps/lape_stats.py"
@@ -80,17 +71,17 @@ rule lape_stats:
 
 rule select_neurons:
     input:
-        lambda wc: stats_files(wc).values(),
+        stats_files,
     output:
-        [f"results/neurons/{{model}}/{{method}}/{lang}.parquet" for lang in LANGS],
+        [paths.fill(paths.NEURONS, lang=lang) for lang in LANGS],
     log:
-        f"{LOGS}/select_neurons/{{model}}/{{method}}.log",
+        logs("select_neurons", "model", "method"),
     benchmark:
-        f"{BENCH}/select_neurons/{{model}}/{{method}}.tsv"
+        benchmarks("select_neurons", "model", "method")
     wildcard_constraints:
         method="|".join(METHODS),
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -105,23 +96,20 @@ rule select_neurons:
 rule logit_lens:
     input:
         model=model_input,
-        corpus=lambda wc: corpus_file(corpus_of(wc.model), wc.lang),
+        corpus=model_corpus,
     output:
-        "results/logit_lens/{model}/{lang}.parquet",
+        paths.LOGIT_LENS,
     log:
-        f"{LOGS}/logit_lens/{{model}}/{{lang}}.log",
+        logs("logit_lens", "model", "lang"),
     benchmark:
-        f"{BENCH}/logit_lens/{{model}}/{{lang}}.tsv"
+        benchmarks("logit_lens", "model", "lang")
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
+        **model_params(),
         settings=lambda wc: method_settings(wc.model, "logit_lens"),
     script:
         "../workflow_scripts/steps/logit_lens.py"

@@ -4,28 +4,25 @@
 rule region_scores:
     input:
         model=model_input,
-        corpus=lambda wc: corpus_file(corpus_of(wc.model), wc.lang),
+        corpus=model_corpus,
     output:
-        "results/regions/{model}/{score}/{lang}.safetensors",
+        paths.REGION_SCORES,
     log:
-        f"{LOGS}/region_scores/{{model}}/{{score}}/{{lang}}.log",
+        logs("region_scores", "model", "score", "lang"),
     benchmark:
-        f"{BENCH}/region_scores/{{model}}/{{score}}/{{lang}}.tsv"
+        benchmarks("region_scores", "model", "score", "lang")
     wildcard_constraints:
         score="delta|grad_x_param",
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: 2 * model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(mem_factor=2),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
+        **model_params(),
         settings=lambda wc: {**score_settings(wc.model), "score": wc.score},
         checkpoint_every=lambda wc: region_settings(wc.model)["checkpoint_every"],
-        checkpoint_dir=f"{CHECKPOINTS}/region_scores/{{model}}/{{score}}/{{lang}}",
+        checkpoint_dir=checkpoints_dir("region_scores", "model", "score", "lang"),
     script:
         "../workflow_scripts/steps/region_scores.py"
 
@@ -33,30 +30,29 @@ rule region_scores:
 rule select_regions:
     input:
         model=model_input,
-        scores=lambda wc: region_score_files(wc.model).values(),
+        scores=lambda wc: region_score_files(wc.model),
     output:
-        regions=expand("results/regions/{{model}}/{region}.parquet", region=REGIONS),
+        regions=[paths.fill(paths.REGION, region=region) for region in REGIONS],
         table=report(
-            "results/tables/regions_{model}.csv",
+            paths.fill(paths.TABLE, table="regions", ext="csv"),
             caption="../resources/report/regions_table.rst",
             category="Linguistic regions",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "regions table"},
         ),
     log:
-        f"{LOGS}/select_regions/{{model}}.log",
+        logs("select_regions", "model"),
     benchmark:
-        f"{BENCH}/select_regions/{{model}}.tsv"
+        benchmarks("select_regions", "model")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=lambda wc: model_resources(wc.model, "mem_mb"),
         runtime=lambda wc: model_resources(wc.model, "runtime"),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
-        score_files=lambda wc: region_score_files(wc.model),
+        **model_params(),
+        languages=REGION_LANGS,
         score=lambda wc: region_settings(wc.model)["score"],
         k=lambda wc: region_settings(wc.model)["k"],
         seed=lambda wc: region_settings(wc.model)["seed"],
@@ -67,31 +63,28 @@ rule select_regions:
 rule freeze_train:
     input:
         model=model_input,
-        corpus=lambda wc: corpus_file(corpus_of(wc.model), wc.lang),
-        region="results/regions/{model}/{region}.parquet",
+        corpus=model_corpus,
+        region=paths.REGION,
     output:
-        directory("results/finetuned/{model}/{lang}_freeze_{region}"),
+        directory(paths.FREEZE_TRAINED),
     log:
-        f"{LOGS}/freeze_train/{{model}}/{{lang}}_freeze_{{region}}.log",
+        logs("freeze_train", "model", "{lang}_freeze_{region}"),
     benchmark:
-        f"{BENCH}/freeze_train/{{model}}/{{lang}}_freeze_{{region}}.tsv"
+        benchmarks("freeze_train", "model", "{lang}_freeze_{region}")
     wildcard_constraints:
         region="|".join(REGIONS),
     conda:
-        "../envs/workflow.yaml"
-    threads: lambda wc: model_resources(wc.model, "threads")
+        ENV
+    threads: model_threads
     resources:
-        **model_cluster_resources(),
-        mem_mb=lambda wc: 2 * model_resources(wc.model, "mem_mb"),
-        runtime=lambda wc: model_resources(wc.model, "runtime"),
+        **model_job_resources(mem_factor=2),
     params:
-        model_path=lambda wc: model_dir(wc.model),
-        dtype=lambda wc: model_spec(wc.model)["dtype"],
+        **model_params(),
         settings=lambda wc: {
             **score_settings(wc.model),
             "steps": region_settings(wc.model)["freeze_steps"],
         },
         checkpoint_every=lambda wc: region_settings(wc.model)["checkpoint_every"],
-        checkpoint_dir=f"{CHECKPOINTS}/freeze_train/{{model}}/{{lang}}_{{region}}",
+        checkpoint_dir=checkpoints_dir("freeze_train", "model", "{lang}_{region}"),
     script:
         "../workflow_scripts/steps/freeze_train.py"

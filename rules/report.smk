@@ -6,19 +6,19 @@ rule findings:
         unpack(findings_inputs),
     output:
         csv=report(
-            "results/tables/findings_{model}.csv",
+            paths.fill(paths.TABLE, table="findings", ext="csv"),
             caption="../resources/report/findings.rst",
             category="Findings",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "findings table"},
         ),
-        parquet="results/tables/findings_{model}.parquet",
+        parquet=paths.fill(paths.TABLE, table="findings", ext="parquet"),
     log:
-        f"{LOGS}/findings/{{model}}.log",
+        logs("findings", "model"),
     benchmark:
-        f"{BENCH}/findings/{{model}}.tsv"
+        benchmarks("findings", "model")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=1000,

@@ -5,14 +5,14 @@ rule translate:
     input:
         dataset_source_input,
     output:
-        table="results/translated/{dataset}/{lang}.parquet",
-        report="results/translated/{dataset}/{lang}.report.json",
+        table=paths.TRANSLATED,
+        report=paths.TRANSLATION_REPORT,
     log:
-        f"{LOGS}/translate/{{dataset}}/{{lang}}.log",
+        logs("translate", "dataset", "lang"),
     benchmark:
-        f"{BENCH}/translate/{{dataset}}/{{lang}}.tsv"
+        benchmarks("translate", "dataset", "lang")
     conda:
-        "../envs/workflow.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -20,6 +20,6 @@ rule translate:
     params:
         spec=dataset_spec,
         settings=config["translation"],
-        cache=translation_cache,
+        cache=paths.TRANSLATION_CACHE,
     script:
         "../workflow_scripts/steps/translate.py"

@@ -33,4 +33,6 @@ def test_conda_env_matches_pyproject():
 def test_every_rule_uses_the_environment():
     for smk in (REPO / "rules").glob("*.smk"):
         text = smk.read_text()
-        assert text.count("\nrule ") == text.count('conda:\n        "../envs/workflow.yaml"'), smk
+        assert text.count("\nrule ") == text.count("conda:\n        ENV\n"), smk
+    common = (REPO / "rules" / "common.smk").read_text()
+    assert 'ENV = "../envs/workflow.yaml"' in common

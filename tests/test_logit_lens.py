@@ -12,16 +12,15 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import ARCHS, synthetic_sentences, write_corpus
+from conftest import ARCHS, synthetic_sentences
 from torch import nn
 
-from workflow_scripts.io import read_metadata, read_parquet
 from workflow_scripts.models.anatomy import final_norm_module
 from workflow_scripts.neurons.logit_lens import (
+    corpus_logit_lens,
     encode_right_padded,
     lens_top_k,
     logit_lens,
-    logit_lens_to_file,
     predicted_language_share,
 )
 
@@ -192,19 +191,13 @@ def test_no_texts_is_an_error(tiny_model, tiny_tokenizer):
         logit_lens(tiny_model("qwen2"), tiny_tokenizer, [], "fr", StubClassifier("fr"))
 
 
-def test_real_classifier_and_file(tmp_path, tiny_model, tiny_tokenizer):
-    """End to end with the real language identifier, from a saved model and corpus."""
-    model = tiny_model("llama")
-    model.save_pretrained(tmp_path / "model")
-    tiny_tokenizer.save_pretrained(tmp_path / "model")
-    corpus = write_corpus(tmp_path / "fr.parquet", _S["fr"][:6])
-    out = tmp_path / "lens.parquet"
-    table = logit_lens_to_file(
-        str(tmp_path / "model"), str(corpus), "fr", ["en", "fr", "zh"], str(out), n_texts=4
+def test_real_classifier_and_metadata(tiny_model, tiny_tokenizer):
+    """End to end with the real language identifier."""
+    table, meta = corpus_logit_lens(
+        tiny_model("llama"), tiny_tokenizer, _S["fr"][:4], "fr", ["en", "fr", "zh"]
     )
-    assert read_parquet(out).equals(table)
-    meta = read_metadata(out)
     assert meta["n_texts"] == 4 and meta["final_norm"] is False and meta["lang"] == "fr"
+    assert meta["languages"] == ["en", "fr", "zh"]
     share = predicted_language_share(table)
     assert set(share) == {"en", "fr", "other"}
     assert np.allclose(sum(share.values()), 1.0)

@@ -532,7 +532,7 @@ def test_translated_tables_feed_parallel_and_pim_prompts(tmp_path, make_server):
 def test_parallel_condition_counts_from_translated_tables(
     tmp_path, make_server, tiny_model, tiny_tokenizer
 ):
-    from workflow_scripts.neurons.actcount import count_activations_to_files
+    from workflow_scripts.neurons.actcount import count_condition
 
     spec, refs = write_dataset(tmp_path, 4)
     server = make_server(references=refs)
@@ -540,27 +540,18 @@ def test_parallel_condition_counts_from_translated_tables(
     for lang in ("fr", "en"):
         run(tmp_path, spec, lang, settings(server))
         corpora[lang] = str(tmp_path / "out" / f"{lang}.parquet")
-    model_dir = tmp_path / "model"
-    tiny_model("qwen2").save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
     s = schema_defaults("actcount") | {
         "n_prompts": 3,
         "positions": "all",
         "max_length": 64,
         "parallel_source": "translated:demo",
     }
+    model = tiny_model("qwen2")
     for builder in ("concat", "pim"):
-        out = tmp_path / "act" / f"{builder}.parquet"
-        counts = count_activations_to_files(
-            str(model_dir),
-            "parallel",
-            corpora,
-            {**s, "parallel_builder": builder},
-            str(out),
-            str(out.with_suffix(".inh.parquet")),
+        counts, meta = count_condition(
+            model, tiny_tokenizer, "parallel", corpora, {**s, "parallel_builder": builder}
         )
         assert counts.n_positions[0] > 0
-        meta = read_metadata(out)
         assert meta["parallel_source"] == "translated:demo"
         assert meta["parallel_builder"] == builder and meta["languages"] == ["en", "fr"]
-        assert pq.read_table(out)["n_positions"][0].as_py() > 0
+        assert counts.count_table()["n_positions"][0].as_py() > 0

@@ -48,11 +48,17 @@ def fill(template: str, **values: object) -> str:
     return template.format(**{name: values.get(name, f"{{{name}}}") for name in fields})
 
 
-def log(rule: str, *wildcards: str) -> str:
+def job_path(root: str, rule: str, *parts: str) -> str:
+    """``{root}/{rule}/{w1}/{w2}``: a part is a wildcard name (``lang`` -> ``{lang}``) or a
+    pattern that already holds wildcards (``{lang}_freeze_{region}``)."""
+    return "/".join([root, rule, *(p if "{" in p else f"{{{p}}}" for p in parts)])
+
+
+def log(rule: str, *parts: str) -> str:
     """``results/logs/{rule}/{w1}/{w2}.log`` for a rule's ``log:``."""
-    return "/".join([LOGS, rule, *(f"{{{w}}}" for w in wildcards)]) + ".log"
+    return job_path(LOGS, rule, *parts) + ".log"
 
 
-def benchmark(rule: str, *wildcards: str) -> str:
+def benchmark(rule: str, *parts: str) -> str:
     """``results/benchmarks/{rule}/{w1}/{w2}.tsv`` for a rule's ``benchmark:``."""
-    return "/".join([BENCHMARKS, rule, *(f"{{{w}}}" for w in wildcards)]) + ".tsv"
+    return job_path(BENCHMARKS, rule, *parts) + ".tsv"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 
@@ -232,3 +233,38 @@ def format_prompts(
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         )
     return out, True
+
+
+def condition_prompts(
+    condition: str, corpora: Mapping[str, str], settings: Mapping[str, Any]
+) -> list[str]:
+    """The prompts of one activation-counting condition (before any chat template).
+
+    A language code: ``n_prompts`` document prefixes of ``corpora[condition]``;
+    ``parallel``: the same documents in every language of ``corpora``, concatenated
+    (``parallel_builder: concat``) or as a PiM prompt (``pim``).
+    """
+    s = settings
+    if condition != "parallel":
+        return monolingual_prompts(
+            corpora[condition],
+            s["n_prompts"],
+            s["split"],
+            s["max_prompt_chars"],
+            s["prompt_template"],
+            prefix_fraction=s["prompt_prefix"],
+        )
+    common = {
+        "n": s["n_prompts"],
+        "split": s["split"],
+        "max_chars": s["max_prompt_chars"],
+        "item_template": s["parallel_item_template"],
+        "prefix_fraction": s["prompt_prefix"],
+        "source": "translated"
+        if s.get("parallel_source", "bundled").startswith("translated:")
+        else "corpus",
+        "skip_flagged": s.get("parallel_skip_flagged", True),
+    }
+    if s.get("parallel_builder", "concat") == "pim":
+        return pim_prompts(corpora, k=s.get("pim_k"), template=s["pim_template"], **common)
+    return parallel_prompts(corpora, template=s["parallel_template"], **common)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from workflow_scripts.data.corpus import length_sorted_batches
-from workflow_scripts.io import write_parquet
+from workflow_scripts.data.prompts import condition_prompts, format_prompts
 from workflow_scripts.models.anatomy import MLPSite, mlp_sites
 from workflow_scripts.models.hooks import activation_hooks
 
@@ -214,57 +214,24 @@ def peak_neurons(counts: np.ndarray, select_proportion: float) -> np.ndarray:
     return mask.reshape(counts.shape)
 
 
-def count_activations_to_files(
-    model_path: str,
+def count_condition(
+    model,
+    tokenizer,
     condition: str,
     corpora: Mapping[str, str],
     settings: Mapping[str, Any],
-    counts_out: str,
-    inhibition_out: str,
-    dtype: str = "float32",
-    threads: int | None = None,
     model_name: str = "",
-) -> ActivationCounts:
-    """Build the condition's prompts, count, and write the two Parquet tables.
+) -> tuple[ActivationCounts, dict[str, Any]]:
+    """Build the condition's prompts and count; returns the counts and the tables' metadata.
 
     ``condition`` is a language code (prompts from ``corpora[condition]``) or
-    ``'parallel'`` (aligned documents of every language in ``corpora``).
+    ``'parallel'`` (aligned documents of every language in ``corpora``). ``settings``:
+    the ``actcount`` section (``ACTCOUNT_SETTINGS`` of :mod:`workflow_scripts.neurons`).
     """
-    from workflow_scripts.data.prompts import (
-        format_prompts,
-        monolingual_prompts,
-        parallel_prompts,
-        pim_prompts,
-    )
-    from workflow_scripts.models.loading import load_model
-
     s = settings
     parallel_source = s.get("parallel_source", "bundled")
     builder = s.get("parallel_builder", "concat")
-    if condition == "parallel":
-        common = {
-            "n": s["n_prompts"],
-            "split": s["split"],
-            "max_chars": s["max_prompt_chars"],
-            "item_template": s["parallel_item_template"],
-            "prefix_fraction": s["prompt_prefix"],
-            "source": "translated" if parallel_source.startswith("translated:") else "corpus",
-            "skip_flagged": s.get("parallel_skip_flagged", True),
-        }
-        if builder == "pim":
-            prompts = pim_prompts(corpora, k=s.get("pim_k"), template=s["pim_template"], **common)
-        else:
-            prompts = parallel_prompts(corpora, template=s["parallel_template"], **common)
-    else:
-        prompts = monolingual_prompts(
-            corpora[condition],
-            s["n_prompts"],
-            s["split"],
-            s["max_prompt_chars"],
-            s["prompt_template"],
-            prefix_fraction=s["prompt_prefix"],
-        )
-    model, tokenizer = load_model(model_path, dtype=dtype, threads=threads)
+    prompts = condition_prompts(condition, corpora, s)
     prompts, chat = format_prompts(tokenizer, prompts, s["chat_template"], s["system_prompt"])
     log.info("%s: %d prompts (chat template: %s)", condition, len(prompts), chat)
     counts = count_activations(
@@ -281,20 +248,11 @@ def count_activations_to_files(
     )
     meta = {
         **counts.info,
-        "model": model_name or str(model_path),
+        "model": model_name,
         "condition": condition,
         "chat_template": chat,
         "languages": sorted(corpora),
     }
     if condition == "parallel":
         meta.update(parallel_source=parallel_source, parallel_builder=builder)
-    write_parquet(counts.count_table(), counts_out, metadata=meta)
-    inhibition = counts.inhibition_table()
-    write_parquet(inhibition, inhibition_out, metadata=meta)
-    log.info(
-        "%s: %d positions, mean inhibited share %.3f",
-        condition,
-        int(counts.n_positions[0]),
-        float(inhibition["inhibited_share"].to_numpy().mean()),
-    )
-    return counts
+    return counts, meta

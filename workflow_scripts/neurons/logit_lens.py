@@ -224,47 +224,35 @@ def predicted_language_share(table: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
-def logit_lens_to_file(
-    model_path: str,
-    corpus_path: str,
+def corpus_logit_lens(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
     lang: str,
     languages: Sequence[str],
-    out: str,
-    n_texts: int = 100,
-    split: str = "eval",
     top_k: int = 5,
     max_length: int = 128,
     batch_size: int = 4,
     final_norm: bool = False,
-    dtype: str = "float32",
-    threads: int | None = None,
-    model_name: str = "",
-) -> pa.Table:
-    """Logit lens of ``model_path`` on the first ``n_texts`` of a prepared corpus; write ``out``.
+) -> tuple[pa.Table, dict[str, Any]]:
+    """:func:`logit_lens` of ``texts`` of language ``lang`` with the real language identifier;
+    returns the table and its metadata.
 
-    ``languages``: the classifier's languages (all languages of the run, so a
-    token of another studied language counts as ``other``, not as a guess).
+    ``languages``: the classifier's languages (all languages of the run, so a token of
+    another studied language counts as ``other``, not as a guess).
     """
-    from workflow_scripts.data.corpus import sample_texts
-    from workflow_scripts.io import write_parquet
     from workflow_scripts.langid import TokenLanguageClassifier
-    from workflow_scripts.models.loading import load_model
 
-    texts = sample_texts(corpus_path, split, n_texts)
     classifier = TokenLanguageClassifier(sorted({*languages, lang, "en"}))
-    model, tokenizer = load_model(model_path, dtype=dtype, threads=threads)
     table = logit_lens(
         model, tokenizer, texts, lang, classifier, top_k, max_length, batch_size, final_norm
     )
     meta = {
-        "model": model_name or str(model_path),
         "lang": lang,
         "languages": sorted(languages),
         "n_texts": len(texts),
-        "split": split,
         "top_k": top_k,
         "max_length": max_length,
         "final_norm": final_norm,
     }
-    write_parquet(table, out, metadata=meta)
-    return table
+    return table, meta

@@ -9,7 +9,9 @@ sm = snakemake
 
 def main() -> None:
     s, lang = sm.params.settings, sm.wildcards.lang
-    eval_texts, skipped = evaluation_texts(sm.params.corpora, s["split"], s["n_docs"])
+    eval_texts, skipped = evaluation_texts(
+        dict(zip(sm.params.languages, sm.input.corpora, strict=True)), s["split"], s["n_docs"]
+    )
     model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
     table = ablation_matrix(
         model,

@@ -12,7 +12,7 @@ def main() -> None:
     base = tables[0].filter(pa.compute.equal(tables[0]["setting"], "base"))
     rest = [t.filter(pa.compute.not_equal(t["setting"], "base")) for t in tables]
     # the settings the parts were computed with (the same for every part)
-    meta = {**read_metadata(sm.input[0]), "method": sm.params.method}
+    meta = {**read_metadata(sm.input[0]), "method": sm.wildcards.method}
     write_parquet(pa.concat_tables([base, *rest]), sm.output[0], metadata=meta)
 
 

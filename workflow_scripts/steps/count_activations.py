@@ -1,18 +1,23 @@
-from workflow_scripts.neurons.actcount import count_activations_to_files
+from workflow_scripts.io import write_parquet
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.neurons.actcount import count_condition
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake
-run(
-    sm,
-    lambda: count_activations_to_files(
-        model_path=sm.params.model_path,
-        dtype=sm.params.dtype,
-        condition=sm.wildcards.condition,
-        corpora=sm.params.corpora,
-        settings=sm.params.settings,
-        counts_out=sm.output.counts,
-        inhibition_out=sm.output.inhibition,
-        threads=threads(sm),
-        model_name=sm.wildcards.model,
-    ),
-)
+
+
+def main() -> None:
+    condition = sm.wildcards.condition
+    corpora = dict(zip(sm.params.languages, sm.input.corpora, strict=True))
+    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
+    counts, meta = count_condition(
+        model, tokenizer, condition, corpora, sm.params.settings, model_name=sm.wildcards.model
+    )
+    write_parquet(counts.count_table(), sm.output.counts, metadata=meta)
+    inhibition = counts.inhibition_table()
+    write_parquet(inhibition, sm.output.inhibition, metadata=meta)
+    share = float(inhibition["inhibited_share"].to_numpy().mean())
+    print(f"{condition}: {int(counts.n_positions[0])} positions, mean inhibited share {share:.3f}")
+
+
+run(sm, main)

@@ -1,24 +1,29 @@
-from workflow_scripts.neurons.logit_lens import logit_lens_to_file
+from workflow_scripts.data.corpus import sample_texts
+from workflow_scripts.io import write_parquet
+from workflow_scripts.models.loading import load_model
+from workflow_scripts.neurons.logit_lens import corpus_logit_lens
 from workflow_scripts.steps._step import run, threads
 
 sm = snakemake
-s = sm.params.settings
-run(
-    sm,
-    lambda: logit_lens_to_file(
-        sm.params.model_path,
-        sm.input.corpus,
+
+
+def main() -> None:
+    s = sm.params.settings
+    texts = sample_texts(sm.input.corpus, s["split"], s["n_docs"])
+    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
+    table, meta = corpus_logit_lens(
+        model,
+        tokenizer,
+        texts,
         sm.wildcards.lang,
         s["classifier_languages"],
-        sm.output[0],
-        n_texts=s["n_docs"],
-        split=s["split"],
         top_k=s["top_k"],
         max_length=s["max_length"],
         batch_size=s["batch_size"],
         final_norm=s["final_norm"],
-        dtype=sm.params.dtype,
-        threads=threads(sm),
-        model_name=sm.wildcards.model,
-    ),
-)
+    )
+    meta = {"model": sm.wildcards.model, **meta, "split": s["split"]}
+    write_parquet(table, sm.output[0], metadata=meta)
+
+
+run(sm, main)

@@ -3,11 +3,14 @@ from workflow_scripts.steps._step import run
 
 sm = snakemake
 stages = sm.params.stages
+langs = sm.params.languages
+selections = iter(sm.input.selections)  # method by method, each in language order
+tables = {m: {lang: next(selections) for lang in langs} for m in sm.params.methods}
 run(
     sm,
     lambda: plot_neuron_figures(
-        sm.params.tables,
-        sm.params.logit_lens,
+        tables,
+        dict(zip(langs, sm.input.logit_lens, strict=True)),
         model=sm.wildcards.model,
         layers_out=sm.output.layers,
         overlap_out=sm.output.overlap,

@@ -7,5 +7,10 @@ sm = snakemake
 torch.set_num_threads(threads(sm))
 run(
     sm,
-    lambda: pretrain(sm.params.corpora, sm.params.spec, sm.output[0], sm.params.checkpoint_dir),
+    lambda: pretrain(
+        dict(zip(sm.params.languages, sm.input.corpora, strict=True)),
+        sm.params.spec,
+        sm.output[0],
+        sm.params.checkpoint_dir,
+    ),
 )

@@ -13,7 +13,11 @@ def main() -> None:
     model, _ = load_model(sm.params.model_path, sm.params.dtype)
     prefix = layers_prefix(model)
     regions = select_regions(
-        sm.params.score_files, sm.params.score, sm.params.k, sm.params.seed, prefix
+        dict(zip(sm.params.languages, sm.input.scores, strict=True)),
+        sm.params.score,
+        sm.params.k,
+        sm.params.seed,
+        prefix,
     )
     meta = {"score": sm.params.score, "k": sm.params.k, "seed": sm.params.seed}
     for path in sm.output.regions:
