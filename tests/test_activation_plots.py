@@ -19,7 +19,7 @@ def test_frequencies_divide_by_recorded_positions():
 def captured(monkeypatch):
     """The figures the plot functions would save, kept open for inspection."""
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig))
+    monkeypatch.setattr(plots, "save", lambda fig, out: figures.append(fig))
     yield figures
     for fig in figures:
         plots.plt.close(fig)

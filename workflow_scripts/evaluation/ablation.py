@@ -1,7 +1,7 @@
 """Ablation of selected neurons and its evaluation by perplexity (docs/methods.md, "Ablation").
 
 A unit is ``(layer, module, index)`` as in the selection tables of
-:mod:`workflow_scripts.neurons.selection`. Deactivating it means (METHODS.md section 2):
+:mod:`workflow_scripts.neurons.selection`. Deactivating it means (docs/methods.md, "Ablation"):
 
 - ``mlp`` k: zero row k of ``gate/up`` (``W_in`` for plain MLPs) and column k of
   ``down``; with hooks, zero channel k of the down projection's *input* (the

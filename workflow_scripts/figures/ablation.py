@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workflow_scripts.figures.activations import _save
+from workflow_scripts.figures.style import save
 from workflow_scripts.io import read_parquet
 
 
@@ -82,4 +82,4 @@ def plot_ablation(tables: Mapping[str, str | Path], model: str, out: str | Path)
         "(cell text: PPL change in %; bold: own language; one colour scale per method)",
         fontsize=13,
     )
-    _save(fig, out)
+    save(fig, out)

@@ -10,25 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from workflow_scripts.io import atomic_path, read_parquet
-from workflow_scripts.languages import ISO_639_1
+from workflow_scripts.figures.style import PARALLEL, condition_label, save
+from workflow_scripts.io import read_parquet
 from workflow_scripts.neurons.actcount import peak_neurons
 from workflow_scripts.neurons.selection import count_matrix
-
-PARALLEL = "parallel"
-
-
-def condition_label(condition: str) -> str:
-    """``'fr'`` -> ``'fr (French)'``; ``'parallel'`` -> ``'parallel (multilingual)'``."""
-    if condition == PARALLEL:
-        return "parallel (multilingual)"
-    return f"{condition} ({ISO_639_1.get(condition, condition).replace('_', ' ')})"
-
-
-def _save(fig, out: str | Path) -> None:
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def _condition_style(condition: str, i: int) -> dict:
@@ -88,7 +73,7 @@ def heatmap(
         f"{model}: how often each MLP neuron fires, per input condition ({n} conditions)",
         fontsize=13,
     )
-    _save(fig, out)
+    save(fig, out)
 
 
 def inhibition(shares: Mapping[str, np.ndarray], model: str, out: str | Path) -> None:
@@ -113,7 +98,7 @@ def inhibition(shares: Mapping[str, np.ndarray], model: str, out: str | Path) ->
         title="condition: mean over layers",
     )
     fig.tight_layout()
-    _save(fig, out)
+    save(fig, out)
 
 
 def peaks(
@@ -147,7 +132,7 @@ def peaks(
     left.legend(fontsize=8, ncol=2)
     fig.suptitle(f"{model}: high-frequency ('peak') MLP neurons per condition", fontsize=13)
     fig.tight_layout()
-    _save(fig, out)
+    save(fig, out)
 
 
 def load_counts(path: str | Path) -> tuple[np.ndarray, int]:

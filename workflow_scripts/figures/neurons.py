@@ -8,7 +8,7 @@
 
 Inputs are the per-(model, method, lang) selection tables (``layer, module, index,
 score, selected``) and the per-(model, lang) logit-lens tables (``layer,
-lang_of_token, ratio, n_tokens``); see DESIGN.md.
+lang_of_token, ratio, n_tokens``); see docs/dataflow.md, "The path contract".
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from workflow_scripts.figures.activations import _save, condition_label
+from workflow_scripts.figures.style import condition_label, save
 from workflow_scripts.io import atomic_path, read_parquet
 
 MODULES = ("mlp", "q", "k", "v", "o")
@@ -396,7 +396,7 @@ def plot_layers(
         title_fontsize=9,
         frameon=False,
     )
-    _save(fig, out)
+    save(fig, out)
 
 
 def _heatmap(ax, matrix: np.ndarray, xlabels: list[str], ylabels: list[str], cmap, fontsize: float):
@@ -498,7 +498,7 @@ def plot_overlap(jaccard_table: pa.Table, model: str, out: str | Path) -> None:
         f"methods: {', '.join(methods) or 'none'}; languages: {', '.join(langs) or 'none'}",
         fontsize=12,
     )
-    _save(fig, out)
+    save(fig, out)
 
 
 def _logit_lens_shares(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], int | None]:
@@ -584,7 +584,7 @@ def plot_logit_lens(
         title="token language",
         frameon=False,
     )
-    _save(fig, out)
+    save(fig, out)
 
 
 def plot_neuron_figures(

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from workflow_scripts.figures.activations import _save
+from workflow_scripts.figures.style import save
 from workflow_scripts.io import read_metadata, read_parquet
 from workflow_scripts.regions.scores import IMPORTANT_END
 
@@ -138,4 +138,4 @@ def plot_regions(
         f"region languages {langs})",
         fontsize=13,
     )
-    _save(fig, out)
+    save(fig, out)

@@ -179,7 +179,9 @@ def logit_lens(
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit:  # never index past a learned position table (GPT-2)
         max_length = min(max_length, limit)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # FACTS: sort by length
+    order = sorted(
+        range(len(texts)), key=lambda i: len(texts[i])
+    )  # sorted by length: little padding (what matters on CPU)
     n_positions = 0
     for start in range(0, len(order), batch_size):
         batch = [texts[i] for i in order[start : start + batch_size]]

@@ -1,4 +1,4 @@
-"""Parallel Language-specific Neuron Detection (PLND), Zhao et al. 2024 (METHODS.md section 2).
+"""Parallel Language-specific Neuron Detection (PLND), Zhao et al. 2024 (docs/methods.md, "PLND").
 
 The importance of a neuron N for a token is the L2 norm of the change of its
 sub-layer's output (MLP output for FFN neurons, self-attention output for
@@ -29,10 +29,10 @@ Per-token importances are reduced on the fly per document over its non-pad token
 (:class:`NeuronScores`): ``l2`` (root of the sum of squares), ``mean`` and ``max``.
 ``l2`` is the paper's ``Imp(N | c)``: the norm of the change of the whole document's
 layer output (the paper's ``x`` is the ``l x d_model`` matrix), unsquared as in
-METHODS.md (squaring is monotone: top-N sets are the same). It is the default for
+the method's definition (squaring is monotone: top-N sets are the same). It is the default for
 selection in the ``paper`` variant; the ``released`` variant selects by ``sum``.
 
-``released`` variant (the authors' code, METHODS.md): ``ffn`` = ``|W_up x|`` per token
+``released`` variant (the authors' code; docs/methods.md, "Released-code variant"): ``ffn`` = ``|W_up x|`` per token
 (``W_in x`` for plain MLPs), summed over tokens; Q and K share one score from the
 attention output magnitude, read here as ``q[h*D + d] = |o_in[h*D + d]|`` and
 ``k[g*D + d] = sum over g's query heads of q[h*D + d]`` (equal to q without GQA);
