@@ -1,7 +1,6 @@
 from workflow_scripts.io import write_parquet
-from workflow_scripts.models.loading import load_model
 from workflow_scripts.neurons.actcount import count_condition
-from workflow_scripts.steps._step import run, threads
+from workflow_scripts.steps._step import model_of, run
 
 sm = snakemake
 
@@ -9,7 +8,7 @@ sm = snakemake
 def main() -> None:
     condition = sm.wildcards.condition
     corpora = dict(zip(sm.params.languages, sm.input.corpora, strict=True))
-    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
+    model, tokenizer = model_of(sm)
     counts, meta = count_condition(
         model, tokenizer, condition, corpora, sm.params.settings, model_name=sm.wildcards.model
     )

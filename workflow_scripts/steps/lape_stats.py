@@ -1,8 +1,7 @@
 from workflow_scripts.data.corpus import sample_texts
 from workflow_scripts.io import write_parquet
-from workflow_scripts.models.loading import load_model
 from workflow_scripts.neurons.actcount import count_activations
-from workflow_scripts.steps._step import run, threads
+from workflow_scripts.steps._step import model_of, run
 
 sm = snakemake
 
@@ -10,7 +9,7 @@ sm = snakemake
 def main() -> None:
     s = sm.params.settings
     texts = sample_texts(sm.input.corpus, s["split"], s["n_docs"])
-    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
+    model, tokenizer = model_of(sm)
     counts = count_activations(
         model,
         tokenizer,

@@ -1,8 +1,7 @@
 from workflow_scripts.data.corpus import sample_texts
 from workflow_scripts.io import write_parquet
-from workflow_scripts.models.loading import load_model
 from workflow_scripts.neurons.selection import plnd_stats
-from workflow_scripts.steps._step import run, threads
+from workflow_scripts.steps._step import model_of, run
 
 sm = snakemake
 
@@ -10,7 +9,7 @@ sm = snakemake
 def main() -> None:
     settings = sm.params.settings
     texts = sample_texts(sm.input.corpus, settings["split"], settings["n_docs"])
-    model, tokenizer = load_model(sm.params.model_path, sm.params.dtype, threads(sm))
+    model, tokenizer = model_of(sm)
     table = plnd_stats(model, tokenizer, texts, settings)
     write_parquet(table, sm.output[0], metadata={"lang": sm.wildcards.lang, **settings})
 

@@ -1,24 +1,13 @@
 from workflow_scripts.models.padding import pad_id
 from workflow_scripts.regions import scores
-from workflow_scripts.steps._step import run, threads
-from workflow_scripts.training.loop import prepare_run
+from workflow_scripts.steps._step import run, training_job
 
 sm = snakemake
 
 
 def main() -> None:
-    s, p = sm.params.settings, sm.params
-    model, tokenizer, docs, checkpoint = prepare_run(
-        p.model_path,
-        p.dtype,
-        s,
-        sm.input.corpus,
-        p.checkpoint_dir,
-        p.checkpoint_every,
-        threads(sm),
-        code=[scores],
-        lang=sm.wildcards.lang,
-    )
+    s = sm.params.settings
+    model, tokenizer, docs, checkpoint = training_job(sm, [scores], lang=sm.wildcards.lang)
     compute = scores.delta_scores if s["score"] == "delta" else scores.grad_x_param_scores
     result, info = compute(model, docs, s, pad_id(tokenizer), checkpoint)
     meta = {**s, **{k: v for k, v in info.items() if k != "losses"}, "n_docs_used": len(docs)}
