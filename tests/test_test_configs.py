@@ -105,6 +105,17 @@ def test_documented_command_dry_runs_from_the_repo_root(path, tmp_path):
     assert not (workdir / "results").exists(), "a dry run writes no results"
 
 
+def test_documented_targets_are_the_tests_targets():
+    from test_cluster import TARGETS as CLUSTER
+    from test_crash import TARGET as CRASH
+    from test_workflow_e2e import TARGETS as E2E
+
+    tests = {"tiny": E2E, "tiny_en_fr": CLUSTER, "crash": [CRASH]}
+    for name, targets in tests.items():
+        args = documented_command(CONFIGS / f"{name}.yaml")
+        assert [a for a in args if a.startswith("results/")] == targets, name
+
+
 def test_every_config_is_used_by_a_test():
     tests = [p for p in sorted(REPO.glob("tests/test_*.py")) if p.name != Path(__file__).name]
     sources = "\n".join(p.read_text(encoding="utf-8") for p in tests)
