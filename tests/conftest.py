@@ -40,6 +40,7 @@ from workflow_scripts.models.tiny import build_config, train_tokenizer  # noqa: 
 
 BUNDLED = REPO / "resources" / "corpus" / "bundled.parquet"
 SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
+CONFIGS = REPO / "tests" / "configs"
 
 ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom"]
 GATED = {"qwen2": True, "llama": True, "mistral": True, "gemma3_text": True}
@@ -206,6 +207,22 @@ def corpus_writer(tmp_path) -> Callable[..., Path]:
         return write_corpus(tmp_path / "corpus" / f"{name}.parquet", docs, eval_fraction)
 
     return factory
+
+
+def load_config(name: str, **overrides) -> dict:
+    """The test config ``tests/configs/<name>.yaml`` as a fresh dict for :func:`run_snakemake`.
+
+    Its corpus and dataset paths are relative to the repository root (where a user runs
+    it); the tests run in a scratch directory, so they are made absolute here. Then each
+    keyword replaces that top-level key, e.g. ``load_config("tiny", languages=["en"])``.
+    """
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text(encoding="utf-8"))
+    for section in ("corpora", "datasets"):
+        for spec in cfg.get(section, {}).values():
+            if "path" in spec and not Path(spec["path"]).is_absolute():
+                spec["path"] = str(REPO / spec["path"])
+    cfg.update(overrides)
+    return cfg
 
 
 def snakemake_command(workdir: Path, cfg: dict, *args: str) -> list[str]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO, run_snakemake
+from conftest import REPO, load_config, run_snakemake
 from safetensors.torch import load_file
-from test_workflow_e2e import e2e_config, job_stats
+from test_workflow_e2e import job_stats
 
 SLURM_PROFILE = str(REPO / "profiles" / "slurm")
 # no accounting database on the test node: job states come from squeue; check soon and
@@ -43,12 +43,9 @@ MODEL_RULES = ("plnd_stats", "lape_stats", "ablate_neurons")  # the big model's 
 
 
 def tiny_config() -> dict:
-    """The tiny qwen2 model (tq) of the end-to-end test, on two languages only."""
-    cfg = e2e_config(("en", "fr"))
-    del cfg["models"]["tg"]
-    cfg["models"]["tq"]["tiny"]["languages"] = ["en", "fr"]
-    cfg["actcount"]["parallel_languages"] = ["fr", "en"]
-    return cfg
+    """The tiny qwen2 model (tq) of the end-to-end test, on two languages only
+    (tests/configs/tiny_en_fr.yaml)."""
+    return load_config("tiny_en_fr")
 
 
 def job_resources(output: str) -> dict[tuple[str, str], dict[str, str]]:

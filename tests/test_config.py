@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BUNDLED, REPO, SCHEMA, run_snakemake
+from conftest import REPO, SCHEMA, load_config, run_snakemake
 from snakemake.utils import validate
 
 from workflow_scripts.languages import ISO_639_1, check_language, language_name
@@ -106,28 +106,13 @@ def test_language_codes():
 # ------------------------------------------------------------------------------------ CLI
 
 
-TINY = {
-    "architecture": "qwen2",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_layers": 2,
-    "vocab_size": 500,
-    "steps": 20,
-    "seq_len": 32,
-    "batch_size": 4,
-    "languages": ["en", "fr"],
-}
+# the tiny model of tests/configs/tiny_en_fr.yaml (also used by test_translate_workflow)
+TINY = load_config("tiny_en_fr")["models"]["tq"]["tiny"]
 
 
 def _cli_config(**changes):
-    cfg = {
-        "languages": ["en", "fr"],
-        "corpora": {"bundled": {"source": "bundled", "path": str(BUNDLED)}},
-        "models": {"tq": {"corpus": "bundled", "tiny": dict(TINY)}},
-        "actcount": {"parallel_languages": ["fr", "en"]},
-    }
-    cfg.update(changes)
-    return cfg
+    """tests/configs/tiny_en_fr.yaml; each keyword replaces that top-level key."""
+    return load_config("tiny_en_fr", **changes)
 
 
 def snakemake_cli(tmp_path: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:

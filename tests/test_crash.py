@@ -21,14 +21,16 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import BUNDLED, run_snakemake, snakemake_command
+from conftest import BUNDLED, load_config, run_snakemake, snakemake_command
 from test_workflow_e2e import job_stats
 
 from workflow_scripts.io import read_parquet
 
 pytestmark = pytest.mark.slow
 
-STEPS, EVERY = 400, 50  # ~30 s of training on one core, a checkpoint every ~4 s
+# tests/configs/crash.yaml: ~30 s of training on one core, a checkpoint every ~4 s
+_TINY = load_config("crash")["models"]["tm"]["tiny"]
+STEPS, EVERY = _TINY["steps"], _TINY["checkpoint_every"]
 TARGET = "results/figures/heatmap_tm.png"
 MODEL = Path("results/models/tm")
 CHECKPOINT = Path("results/checkpoints/pretrain_tiny/tm/state.pt")
@@ -37,36 +39,11 @@ KILL_AFTER_STEP = 100  # kill once this checkpoint is saved, mid-way to the next
 
 
 def crash_config(texts: Path) -> dict:
-    return {
-        "languages": ["en", "fr"],
-        "corpora": {
-            "bundled": {"source": "bundled", "path": str(BUNDLED)},
-            "texts": {"source": "local", "path": str(texts / "{lang}.txt")},
-        },
-        "models": {
-            "tm": {
-                "corpus": "texts",
-                "tiny": {
-                    "architecture": "qwen2",
-                    "corpus": "bundled",
-                    "languages": ["en", "fr"],
-                    "hidden_size": 128,
-                    "intermediate_size": 512,
-                    "num_layers": 2,
-                    "num_heads": 4,
-                    "num_kv_heads": 2,
-                    "vocab_size": 500,
-                    "seq_len": 128,
-                    "batch_size": 8,
-                    "steps": STEPS,
-                    "checkpoint_every": EVERY,
-                },
-                "resources": {"threads": 1},
-            }
-        },
-        # one condition per language (text files are not aligned: no parallel condition)
-        "actcount": {"conditions": ["en", "fr"], "n_prompts": 4, "max_new_tokens": 8},
-    }
+    """tests/configs/crash.yaml, its statistics corpus ``texts`` being the per-language text
+    files under ``texts`` (written by :func:`write_texts`, edited by a test)."""
+    cfg = load_config("crash")
+    cfg["corpora"]["texts"] = {"source": "local", "path": str(texts / "{lang}.txt")}
+    return cfg
 
 
 def write_texts(texts: Path) -> None:

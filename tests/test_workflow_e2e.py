@@ -1,5 +1,6 @@
 """End to end: a real ``snakemake --cores 2`` run of the repo's Snakefile in a scratch
-directory, with two tiny models pretrained on three languages of the bundled corpus."""
+directory, with two tiny models pretrained on three languages of the bundled corpus
+(tests/configs/tiny.yaml)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,13 @@ import zipfile
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import BUNDLED, run_snakemake
+from conftest import load_config, run_snakemake
 
 pytestmark = pytest.mark.slow
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MODELS = ("tq", "tg")
 CONDITIONS = ("en", "fr", "zh", "parallel")
-TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "vocab_size": 500,
-    "steps": 20,
-    "seq_len": 32,
-    "batch_size": 4,
-    "languages": ["en", "fr", "zh"],
-}
 TARGETS = [f"results/figures/{fig}_{m}.png" for m in MODELS for fig in ("heatmap", "layers")]
 TARGETS += [
     "results/figures/ablation_tq.png",
@@ -38,34 +27,9 @@ TARGETS += [
 METHODS = ("plnd", "lape", "actcount")
 
 
-def e2e_config(languages=("en", "fr", "zh")) -> dict:
-    return {
-        "languages": list(languages),
-        "corpora": {"bundled": {"source": "bundled", "path": str(BUNDLED)}},
-        "models": {
-            "tq": {
-                "corpus": "bundled",
-                "tiny": {"architecture": "qwen2", **TINY},
-                "resources": {"threads": 1},
-            },
-            "tg": {
-                "corpus": "bundled",
-                "tiny": {"architecture": "gpt2", **TINY},
-                "resources": {"threads": 1},
-                "plnd": {"parts": ["ffn"]},  # GPT-2's fused qkv: FFN neurons only
-            },
-        },
-        "actcount": {
-            "parallel_languages": ["fr", "zh", "en"],
-            "n_prompts": 4,
-            "max_new_tokens": 8,
-        },
-        "plnd": {"n_docs": 6, "max_length": 24, "min_fraction": 0.5},
-        "lape": {"n_docs": 8, "max_length": 24, "top_share": 0.05},
-        "logit_lens": {"n_docs": 3, "max_length": 16},
-        "ablation": {"n_docs": 2, "max_length": 16, "max_tokens": 24, "n_random": 1},
-        "regions": {"languages": ["fr", "zh"], "n_docs": 6, "max_length": 1024, "batch_size": 2},
-    }
+def e2e_config(**overrides) -> dict:
+    """tests/configs/tiny.yaml (two tiny models, en/fr/zh); keywords replace top-level keys."""
+    return load_config("tiny", **overrides)
 
 
 def job_stats(output: str) -> dict[str, int]:
@@ -170,7 +134,7 @@ def test_second_run_has_nothing_to_do(workflow_run, capsys):
 def test_adding_a_language_reruns_only_that_language(workflow_run):
     workdir, proc, out = workflow_run
     assert proc.returncode == 0, out[-3000:]
-    cfg = e2e_config(languages=("en", "fr", "zh", "ja"))
+    cfg = e2e_config(languages=["en", "fr", "zh", "ja"])
     proc2, out2 = run_snakemake(workdir, cfg, *TARGETS, "-n")
     assert proc2.returncode == 0, out2
     per_language = {"count_activations": 2, "plnd_stats": 2, "lape_stats": 2, "logit_lens": 2}
@@ -270,7 +234,7 @@ def test_neuron_tables(workflow_run):
 def test_empty_corpus_fails_clearly(tmp_path):
     for lang in ("en", "fr"):
         (tmp_path / f"{lang}.txt").write_text("too short\ntiny line\nno\n", encoding="utf-8")
-    cfg = e2e_config(languages=("en", "fr"))
+    cfg = e2e_config(languages=["en", "fr"])
     cfg["corpora"] = {
         "shortdocs": {"source": "local", "path": str(tmp_path / "{lang}.txt"), "min_chars": 50}
     }
