@@ -20,3 +20,16 @@ CHECKS = {
 def test_check_is_clean(name):
     proc = subprocess.run(CHECKS[name], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def test_readme_has_the_two_setup_commands_ci_runs():
+    """.ci/run reads the README's set-up commands; there must be exactly these two."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / ".ci" / "readme_commands.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    install_and_run, install_and_test = proc.stdout.splitlines()
+    assert install_and_run.startswith("pip install -e . && snakemake ")
+    assert install_and_test == "pip install -e '.[test]' && pytest"

@@ -23,7 +23,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workflow_scripts import paths
 from workflow_scripts.io import atomic_path, write_parquet
 from workflow_scripts.languages import check_language
 from workflow_scripts.translation.cache import TranslationCache, cache_key
@@ -341,8 +340,8 @@ def translate_dataset(
     lang: str,
     settings: Mapping[str, Any],
     out: str | os.PathLike,
-    report: str | os.PathLike | None = None,
-    cache: str | os.PathLike | None = None,
+    report: str | os.PathLike | None,
+    cache: str | os.PathLike,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Translate dataset ``dataset`` into ``lang``; write the table (and the report) atomically.
@@ -382,7 +381,6 @@ def translate_dataset(
         ]
         report_data.update(cached=0, translated=0, calls=0, failed=[])
     else:
-        cache = cache or paths.fill(paths.TRANSLATION_CACHE, dataset=dataset, lang=lang)
         rows, run_report = _translate_items(items, source_lang, lang, s, cache, progress)
         report_data.update(run_report)
     ok_items = [it for it, row in zip(items, rows, strict=True) if row is not None]
