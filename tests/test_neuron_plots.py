@@ -11,18 +11,20 @@ import pyarrow as pa
 import pytest
 
 from workflow_scripts.figures.neurons import (
-    MODULES,
-    default_stages,
-    jaccard_tables,
-    load_selection,
     plot_layers,
     plot_logit_lens,
     plot_neuron_figures,
     plot_overlap,
+)
+from workflow_scripts.io import write_parquet
+from workflow_scripts.neurons.summary import (
+    MODULES,
+    default_stages,
+    jaccard_tables,
+    load_selection,
     selection_counts,
     write_tables,
 )
-from workflow_scripts.io import write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LANGS = ["en", "fr", "zh"]

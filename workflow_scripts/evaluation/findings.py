@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 
 from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
-from workflow_scripts.figures.neurons import default_stages, selection_counts
 from workflow_scripts.io import atomic_path, read_metadata, read_parquet, write_parquet
+from workflow_scripts.neurons.summary import default_stages, selection_counts
 from workflow_scripts.regions.scores import IMPORTANT_END
 
 PathLike = str | Path
