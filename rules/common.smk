@@ -322,10 +322,6 @@ def region_score_files(model):
     ]
 
 
-def region_file(region):
-    return paths.fill(paths.REGION, region=region)
-
-
 def perturb_settings(model):
     settings = region_settings(model)
     return {key: settings[key] for key in PERTURB_SETTINGS}
