@@ -152,7 +152,7 @@ def pretrain(
         spec.get("checkpoint_every", 100) if checkpoint_dir else 0,
     )
     run = train_steps(trainer, block_batches(blocks, batch_size), steps, checkpoint, log_every=50)
-    losses, start = run["losses"], run["resumed_at_step"]
+    losses, start = [round(x, 4) for x in run["losses"]], run["resumed_at_step"]
     info = {
         "architecture": spec["architecture"],
         "parameters": sum(p.numel() for p in model.parameters()),

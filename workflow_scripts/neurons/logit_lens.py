@@ -236,12 +236,14 @@ def corpus_logit_lens(
     max_length: int = 128,
     batch_size: int = 4,
     final_norm: bool = False,
+    split: str = "eval",
 ) -> tuple[pa.Table, dict[str, Any]]:
     """:func:`logit_lens` of ``texts`` of language ``lang`` with the real language identifier;
     returns the table and its metadata.
 
     ``languages``: the classifier's languages (all languages of the run, so a token of
-    another studied language counts as ``other``, not as a guess).
+    another studied language counts as ``other``, not as a guess); ``split``: the corpus
+    split the texts come from (recorded only).
     """
     from workflow_scripts.langid import TokenLanguageClassifier
 
@@ -253,6 +255,7 @@ def corpus_logit_lens(
         "lang": lang,
         "languages": sorted(languages),
         "n_texts": len(texts),
+        "split": split,
         "top_k": top_k,
         "max_length": max_length,
         "final_norm": final_norm,

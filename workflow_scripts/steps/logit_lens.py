@@ -20,8 +20,9 @@ def main() -> None:
         max_length=s["max_length"],
         batch_size=s["batch_size"],
         final_norm=s["final_norm"],
+        split=s["split"],
     )
-    meta = {"model": sm.wildcards.model, **meta, "split": s["split"]}
+    meta = {"model": sm.wildcards.model, **meta}
     write_parquet(table, sm.output[0], metadata=meta)
 
 

@@ -208,7 +208,7 @@ def train_steps(
         trainer.step(loss)
         if after_step is not None:
             after_step()
-        losses.append(round(loss.item(), 5))
+        losses.append(loss.item())  # callers round for their records
         if step % log_every == 0 or step == steps - 1:
             log.info("train step %d/%d loss %.4f", step + 1, steps, losses[-1])
         if checkpoint:
@@ -229,7 +229,9 @@ def continued_pretraining(
     torch.manual_seed(settings.get("seed", 0))
     trainer = make_trainer(model, settings)
     batches = training_batches(docs, settings["batch_size"], settings.get("seed", 0), pad_id)
-    return train_steps(trainer, batches, settings["steps"], checkpoint, after_step)
+    info = train_steps(trainer, batches, settings["steps"], checkpoint, after_step)
+    info["losses"] = [round(x, 5) for x in info["losses"]]
+    return info
 
 
 def prepare_run(
