@@ -157,6 +157,19 @@ def direct_capture(model: torch.nn.Module):
             h.remove()
 
 
+def near_ties(score, a, b, rel: float) -> tuple[int, int]:
+    """Two boolean selections ``a`` (float32) and ``b`` (another precision or device) of
+    neurons with float32 scores ``score`` (higher = selected first): (how many differ, how
+    many of those lie further than ``rel`` (relative) from the float32 selection threshold).
+    A difference within ``rel`` of the threshold is a near-tie, which precision may flip."""
+    import numpy as np
+
+    differ = np.flatnonzero(a != b)
+    threshold = score[a].min() if a.any() else 0.0
+    far = np.abs(score[differ] - threshold) > rel * max(abs(threshold), 1e-12)
+    return len(differ), int(far.sum())
+
+
 @pytest.fixture
 def tiny_model(tiny_tokenizer) -> Callable[..., torch.nn.Module]:
     """Factory: ``tiny_model("llama")`` -> a fresh random model (seed 0, eval mode)."""

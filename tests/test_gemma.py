@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
+from conftest import BUNDLED, near_ties
 from transformers import AutoConfig
 
+from workflow_scripts.evaluation.perplexity import perplexity
+from workflow_scripts.io import read_parquet
 from workflow_scripts.models.anatomy import mlp_sites
 from workflow_scripts.models.loading import convert_gguf, load_model
 from workflow_scripts.neurons.actcount import count_activations
+from workflow_scripts.neurons.lape import lape_select
+from workflow_scripts.neurons.selection import plnd_stats
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +101,45 @@ def test_inhibited_share_is_meaningful(gemma_counts):
     assert shares.shape == (18,)
     assert 0.3 < shares.mean() < 0.99, shares
     assert ((shares > 0) & (shares < 1)).all()
+
+
+def test_bfloat16_gives_the_float32_selections_up_to_near_ties(gemma, capsys):
+    """The real model in bfloat16 (statistics accumulate in float32/64, softmax and
+    cross-entropy in float32): LAPE and PLND select what float32 selects, except
+    near-ties, and the perplexity moves by under 2%."""
+    model, tok = gemma
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    table = read_parquet(BUNDLED, ["lang", "text"])
+    rows = list(zip(*(table[c].to_pylist() for c in ("lang", "text")), strict=True))
+    texts = {lang: [t for la, t in rows if la == lang][:8] for lang in ("en", "fr", "zh")}
+
+    def probs(m):
+        out = []
+        for docs in texts.values():
+            c = count_activations(m, tok, docs, "all", batch_size=4, max_length=64)
+            out.append((c.counts / c.n_positions[:, None]).numpy())
+        return np.stack(out)
+
+    p32, p16 = probs(model), probs(half)
+    s32, s16 = lape_select(p32), lape_select(p16)
+    n_lape, far_lape = near_ties(
+        -s32.entropy.ravel(), s32.selected.ravel(), s16.selected.ravel(), 0.1
+    )
+    plnd = {"variant": "paper", "parts": ["ffn"], "batch_size": 4, "max_length": 64}
+    t32, t16 = (
+        plnd_stats(m, tok, texts["en"], {**plnd, "top_fraction": 0.01}) for m in (model, half)
+    )
+    f32, f16 = (t["frequency"].to_numpy() for t in (t32, t16))
+    sel32, sel16 = f32 == len(texts["en"]), f16 == len(texts["en"])  # important in every document
+    n_plnd, far_plnd = near_ties(t32["score"].to_numpy(), sel32, sel16, 0.25)
+    ppl32, ppl16 = (perplexity(m, tok, texts["en"], max_length=64).ppl for m in (model, half))
+    with capsys.disabled():
+        print(
+            f"\nGemma 3 270M bfloat16 vs float32: LAPE {n_lape} of {s32.selected.sum()} "
+            f"selected neurons differ ({far_lape} beyond near-ties of 10% in entropy); PLND "
+            f"FFN in every document: {n_plnd} of {sel32.sum()} differ ({far_plnd} beyond 25% "
+            f"of the threshold score); perplexity {ppl32:.3f} -> {ppl16:.3f}"
+        )
+    assert far_lape <= 0.05 * s32.selected.sum()
+    assert far_plnd <= 0.05 * max(1, sel32.sum())
+    assert math.isclose(ppl16, ppl32, rel_tol=0.02)

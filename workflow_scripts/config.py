@@ -22,7 +22,7 @@ SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
 BUNDLED_CORPUS = REPO / "resources" / "corpus" / "bundled.parquet"
 MODEL_KINDS = ("path", "gguf", "tiny")
 # sections a model entry may override (merged over the global section, then validated)
-MODEL_OVERRIDES = ("plnd", "lape", "logit_lens", "ablation", "regions")
+MODEL_OVERRIDES = ("placement", "plnd", "lape", "logit_lens", "ablation", "regions")
 
 
 def load_schema() -> dict[str, Any]:
@@ -73,6 +73,20 @@ def method_settings(config: Mapping[str, Any], model: str, method: str) -> dict[
     return {**config[method], **config["models"][model].get(method, {})}
 
 
+def placement_of(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """The model's placement: the global section, its overrides, the GPU batch sizes merged
+    key by key (schema defaults first, so a config that was never validated works too)."""
+    glob, own = config.get("placement", {}), config["models"][model].get("placement", {})
+    defaults = schema_defaults("placement")
+    out = {**defaults, **glob, **own}
+    out["batch_size"] = {
+        **defaults["batch_size"],
+        **glob.get("batch_size", {}),
+        **own.get("batch_size", {}),
+    }
+    return out
+
+
 def translated_dataset(config: Mapping[str, Any]) -> str | None:
     """The dataset the parallel condition reads (``translated:<dataset>``), or None."""
     source = config["actcount"]["parallel_source"]
@@ -100,7 +114,11 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
             )
         for method in MODEL_OVERRIDES:  # per-model overrides obey the schema
             if method in spec:
-                merged = {**config[method], **spec[method]}
+                merged = (
+                    placement_of(config, model)
+                    if method == "placement"
+                    else {**config[method], **spec[method]}
+                )
                 validate_definition(method, merged, f"models.{model}.{method}")
     actcount = config["actcount"]
     for lang in actcount["parallel_languages"] + [

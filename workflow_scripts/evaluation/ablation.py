@@ -35,6 +35,7 @@ from workflow_scripts.models.anatomy import (
     mlp_sites,
     out_slices,
 )
+from workflow_scripts.models.placement import check_editable, execution_device
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,10 @@ def _plan(
         bad = [i for i in indices if not 0 <= i < size]
         if bad:
             raise ValueError(f"deactivate: layer {layer} {module} has {size} units, not {bad[:5]}")
-        weight = (site.down if module == "mlp" else site.o).weight
-        idx = torch.tensor(indices, dtype=torch.long, device=weight.device)
+        hooked = (
+            site.down if module == "mlp" else site.o if module == "o" else getattr(site, module)
+        )
+        idx = torch.tensor(indices, dtype=torch.long, device=execution_device(hooked))
         if module == "mlp":
             slices = [s for proj in site.first_projections() for s in out_slices(proj, idx)]
             plan.append(("pre", site.down, idx, slices + in_slices(site.down, idx)))
@@ -120,6 +123,8 @@ def deactivated(model: nn.Module, neurons: Iterable[Unit], mode: str = "hooks") 
     """
     if mode not in MODES:
         raise ValueError(f"deactivate: mode must be one of {MODES}, got {mode!r}")
+    if mode == "weights":
+        check_editable(model, "ablation mode weights")
     plan = _plan(model, _group_units(neurons))
     handles: list = []
     saved: list[tuple[torch.Tensor, tuple, torch.Tensor]] = []

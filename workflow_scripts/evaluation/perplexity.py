@@ -22,6 +22,7 @@ from torch import nn
 from workflow_scripts.data.corpus import sample_texts
 from workflow_scripts.models.anatomy import lm_head, logit_softcap
 from workflow_scripts.models.padding import pad_id, right_padded
+from workflow_scripts.models.placement import input_device
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +64,21 @@ def _budgeted_ids(
 
 def _chunked_nll(
     head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None
-) -> float:
-    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of rows at a time."""
+) -> torch.Tensor:
+    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of rows at a
+    time, in float32 (float64 sum), as a tensor on the head's device: no host sync."""
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
     rows = max(1, MAX_LOGITS // vocab)
-    total = 0.0
+    total = None
     for i in range(0, hidden.shape[0], rows):
         logits = head(hidden[i : i + rows])
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
-        total += F.cross_entropy(logits, targets[i : i + rows], reduction="sum").item()
+        target = targets[i : i + rows].to(logits.device)
+        nll = F.cross_entropy(logits, target, reduction="sum").double()
+        total = nll if total is None else total + nll
     return total
 
 
@@ -104,7 +108,7 @@ def perplexity(
         raise ValueError("perplexity: no text has a token to predict")
     pad = pad_id(tokenizer)
     trunk, head, cap = model.base_model, lm_head(model), logit_softcap(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     was_training = model.training
     model.eval()
     try:
@@ -112,12 +116,11 @@ def perplexity(
         nll_sum, n_tokens = 0.0, 0
         for start in range(0, len(order), batch_size):
             batch = [docs[i] for i in order[start : start + batch_size]]
-            input_ids, mask = right_padded(batch, pad)
-            input_ids, mask = input_ids.to(device), mask.to(device)
+            input_ids, mask = right_padded(batch, pad, device)
             hidden = trunk(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
             valid = mask[:, 1:].bool()  # position t predicts token t+1
-            h = hidden[:, :-1][valid].contiguous()
-            nll_sum += _chunked_nll(head, h, input_ids[:, 1:][valid], cap)
+            h = hidden[:, :-1][valid.to(hidden.device)].contiguous()
+            nll_sum += _chunked_nll(head, h, input_ids[:, 1:][valid], cap).item()
             n_tokens += int(valid.sum())
     finally:
         model.train(was_training)

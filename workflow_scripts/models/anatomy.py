@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from workflow_scripts.models.placement import weight
+
 GATE_NAMES = ("gate_proj", "w1")
 UP_NAMES = ("up_proj", "w3")
 IN_NAMES = ("c_fc", "dense_h_to_4h", "fc1", "fc_in")
@@ -55,7 +57,7 @@ class MLPSite:
 
     def down_weight(self) -> torch.Tensor:
         """Down-projection weight as ``[hidden, intermediate]`` (column k = neuron k)."""
-        w = self.down.weight
+        w = weight(self.down)
         return w.T if is_conv1d(self.down) else w
 
 
@@ -166,13 +168,18 @@ class AttentionSite:
         """The query heads served by kv head ``g``."""
         return [h for h, kv in enumerate(self.kv_of_head) if kv == g]
 
-    def heads_of_kv(self) -> torch.Tensor:
+    def heads_of_kv(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[n_kv_heads, group]`` index of the query heads served by each kv head."""
-        return torch.tensor([self.heads_of(g) for g in range(self.n_kv_heads)], dtype=torch.long)
+        heads = [self.heads_of(g) for g in range(self.n_kv_heads)]
+        return torch.tensor(heads, dtype=torch.long, device=device)
+
+    def kv_index(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[n_heads]``: the kv head each query head reads."""
+        return torch.tensor(self.kv_of_head, dtype=torch.long, device=device)
 
     def o_weight(self) -> torch.Tensor:
         """``o_proj`` weight as ``[hidden, n_heads * head_dim]`` (column c = O neuron c)."""
-        return self.o.weight
+        return weight(self.o)
 
     def size(self, part: str) -> int:
         """Number of neurons of ``part`` (q, k, v or o) in this layer."""

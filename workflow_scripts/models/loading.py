@@ -12,7 +12,9 @@ import importlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from workflow_scripts.io import atomic_path
 
@@ -35,10 +37,21 @@ def check_model_path(path: str) -> None:
         raise FileNotFoundError(f"model path {path!r} does not exist (or is not a directory)")
 
 
-def load_model(path: str | Path, dtype: str = "float32", threads: int | None = None):
-    """Load ``(model, tokenizer)`` in eval mode from a hub id or local directory."""
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    threads: int | None = None,
+    placement: Mapping[str, Any] | None = None,
+):
+    """Load ``(model, tokenizer)`` in eval mode from a hub id or local directory.
+
+    ``placement`` (:mod:`workflow_scripts.models.placement`): ``device`` and optional
+    ``device_map``/``max_memory``; without it the model stays on the CPU.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workflow_scripts.models.placement import load_kwargs, place
 
     path = str(path)
     check_model_path(path)
@@ -49,9 +62,13 @@ def load_model(path: str | Path, dtype: str = "float32", threads: int | None = N
     t0 = time.time()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), **load_kwargs(placement or {})
+        )
     except (OSError, ValueError) as err:
         raise OSError(f"could not load model {path!r}: {err}") from err
+    if placement is not None:
+        place(model, placement)
     model.eval()
     log.info("loaded %s (%s) in %.1f s", path, type(model).__name__, time.time() - t0)
     return model, tokenizer

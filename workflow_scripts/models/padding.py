@@ -19,12 +19,15 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` ``[len(seqs), longest]``, the sequences left-aligned."""
+def right_padded(
+    seqs: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` ``[len(seqs), longest]``, the sequences left-aligned,
+    built on the host and moved to ``device`` in one copy each."""
     width = max((len(s) for s in seqs), default=0)
-    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long, device="cpu")
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long, device="cpu")
     for row, seq in enumerate(seqs):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device="cpu")
         attention_mask[row, : len(seq)] = 1
-    return input_ids, attention_mask
+    return input_ids.to(device), attention_mask.to(device)

@@ -94,7 +94,8 @@ def language_blocks(
         for enc in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
             ids.extend([*enc, tokenizer.eos_token_id])
         blocks = [
-            torch.tensor(ids[i : i + seq_len]) for i in range(0, len(ids) - seq_len + 1, seq_len)
+            torch.tensor(ids[i : i + seq_len], device="cpu")
+            for i in range(0, len(ids) - seq_len + 1, seq_len)
         ]
         if not blocks:
             raise ValueError(f"tiny model: the {lang!r} training text is shorter than one block")
@@ -116,14 +117,18 @@ def pretrain(
     spec: Mapping[str, Any],
     out_dir: str | Path,
     checkpoint_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Train tokenizer and model on the train split of ``corpora`` (lang -> corpus file).
 
     Writes a Hugging Face model directory (weights, config, tokenizer) plus
     ``training.json`` (loss curve, timings) atomically to ``out_dir``. With
     ``checkpoint_dir``, the training state is saved every
-    ``spec["checkpoint_every"]`` steps and a re-run resumes from it.
+    ``spec["checkpoint_every"]`` steps and a re-run resumes from it. ``device``: where
+    it trains (a ``placement.device`` setting; ``auto`` = CUDA if available).
     """
+    from workflow_scripts.models.placement import resolve_device
+
     seed = spec.get("seed", 0)
     random.seed(seed)
     torch.manual_seed(seed)
@@ -133,6 +138,8 @@ def pretrain(
     t_tok = time.time() - t0
     config = build_config(spec["architecture"], tokenizer, spec)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.to(resolve_device(device))
+    log.info("tiny %s trains on %s", spec["architecture"], resolve_device(device))
     blocks = language_blocks(tokenizer, texts, spec["seq_len"])
     random.Random(seed).shuffle(blocks)
     steps, batch_size = spec["steps"], spec["batch_size"]

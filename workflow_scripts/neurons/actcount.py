@@ -14,7 +14,8 @@ Two ways of choosing the recorded positions (``positions`` in config):
 - ``all``: teacher-forced over every non-padding token of each prompt, running
   the trunk only (no LM head), as LAPE does.
 
-Memory is one batch plus ``[layers, neurons]`` accumulators.
+Memory is one batch plus ``[layers, neurons]`` accumulators, kept on the device of
+each layer's activations and brought to the host once per batch.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from workflow_scripts.data.corpus import length_sorted_batches
 from workflow_scripts.data.prompts import condition_prompts, format_prompts
 from workflow_scripts.models.anatomy import MLPSite, mlp_sites
 from workflow_scripts.models.hooks import activation_hooks
+from workflow_scripts.models.placement import input_device
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +51,28 @@ class ActivationCounts:
     @classmethod
     def empty(cls, sites: Sequence[MLPSite]) -> ActivationCounts:
         n_layers, width = len(sites), max(s.size for s in sites)
+        host = "cpu"  # the finished tables; each batch's device counters are merged in
         return cls(
-            torch.zeros(n_layers, width, dtype=torch.int64),
-            torch.zeros(n_layers, dtype=torch.float64),
-            torch.zeros(n_layers, dtype=torch.float64),
-            torch.zeros(n_layers, dtype=torch.int64),
+            torch.zeros(n_layers, width, dtype=torch.int64, device=host),
+            torch.zeros(n_layers, dtype=torch.float64, device=host),
+            torch.zeros(n_layers, dtype=torch.float64, device=host),
+            torch.zeros(n_layers, dtype=torch.int64, device=host),
         )
 
     def add(self, layer: int, acts: torch.Tensor) -> None:
         """Accumulate ``acts[N, I]``: N recorded positions of one layer."""
         if acts.numel() == 0:
             return
-        active = acts > 0
-        self.counts[layer, : acts.shape[-1]] += active.sum(0)
-        self.inhibited[layer] += (~active).float().mean(-1).double().sum()
-        self.zeros[layer] += (acts == 0).float().mean(-1).double().sum()
-        self.n_positions[layer] += acts.shape[0]
+        acc = LayerAccumulator(acts.shape[-1], acts.device)
+        acc.add(acts)
+        self.merge(layer, acc)
+
+    def merge(self, layer: int, acc: LayerAccumulator) -> None:
+        """Add one layer's device accumulators (one copy to the host per layer)."""
+        self.counts[layer, : acc.counts.shape[-1]] += acc.counts.cpu()
+        self.inhibited[layer] += acc.inhibited.cpu()
+        self.zeros[layer] += acc.zeros.cpu()
+        self.n_positions[layer] += acc.n_positions.cpu()
 
     def count_table(self) -> pa.Table:
         """Columns layer, index, count, n_positions (one row per neuron)."""
@@ -91,32 +99,72 @@ class ActivationCounts:
         )
 
 
+class LayerAccumulator:
+    """One layer's counters, on the device of the activations the hook sees."""
+
+    def __init__(self, width: int, device: torch.device):
+        self.counts = torch.zeros(width, dtype=torch.int64, device=device)
+        self.inhibited = torch.zeros((), dtype=torch.float64, device=device)
+        self.zeros = torch.zeros((), dtype=torch.float64, device=device)
+        self.n_positions = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, acts: torch.Tensor) -> None:
+        """``acts[N, I]``: N recorded positions (float32 or the model's dtype)."""
+        active = acts > 0
+        self.counts += active.sum(0)
+        self.inhibited += (~active).float().mean(-1).double().sum()
+        self.zeros += (acts == 0).float().mean(-1).double().sum()
+        self.n_positions += acts.shape[0]
+
+
 class _Recorder:
-    """Hook state: which positions of the current forward call to record."""
+    """Hook state: which positions of the current forward call to record.
+
+    Accumulators and masks live on the device of each layer's activations (with a
+    ``device_map`` layers sit on different GPUs); nothing goes to the host until
+    :meth:`finish`, once per batch.
+    """
 
     def __init__(self, counts: ActivationCounts, mode: str, eos_ids: set[int]):
         self.counts, self.mode = counts, mode
-        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.eos_ids = sorted(eos_ids)
         self.mask: torch.Tensor | None = None  # [B, T] for mode "all"
         self.done: torch.Tensor | None = None  # [B] for mode "generated"
-        self.alive: torch.Tensor | None = None
+        self.eos: torch.Tensor | None = None
+        self.acc: dict[int, LayerAccumulator] = {}
+        self._on: dict[torch.device, torch.Tensor] = {}  # the current mask, per device
 
     def pre_forward(self, _module, args, kwargs) -> None:
         """Generation: a sequence whose last input token is EOS (or pad after it) is done."""
         input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
         if self.done is None:  # first call: the prompt
-            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            self.eos = torch.tensor(self.eos_ids, dtype=torch.long, device=input_ids.device)
         else:
             self.done |= torch.isin(input_ids[:, -1], self.eos)
-        self.alive = ~self.done
+        self._on = {}
+
+    def _positions(self, device: torch.device) -> torch.Tensor:
+        if device not in self._on:
+            which = self.mask if self.mode == "all" else ~self.done
+            self._on[device] = which.to(device)
+        return self._on[device]
 
     def __call__(self, layer: int, acts: torch.Tensor) -> None:
         acts = acts.detach()
-        if self.mode == "all":
-            selected = acts[self.mask]
-        else:
-            selected = acts[:, -1][self.alive]
-        self.counts.add(layer, selected.float())
+        keep = self._positions(acts.device)
+        selected = acts[keep] if self.mode == "all" else acts[:, -1][keep]
+        if selected.numel() == 0:
+            return
+        if layer not in self.acc:
+            self.acc[layer] = LayerAccumulator(acts.shape[-1], acts.device)
+        self.acc[layer].add(selected)
+
+    def finish(self) -> None:
+        """Bring this batch's counters to the host (one copy per layer)."""
+        for layer, acc in sorted(self.acc.items()):
+            self.counts.merge(layer, acc)
+        self.acc = {}
 
 
 @torch.inference_mode()
@@ -157,6 +205,7 @@ def count_activations(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)
+    device = input_device(model)
     done = 0
     for batch in length_sorted_batches(prompts, batch_size):  # results are order-free
         recorder = _Recorder(counts, positions, eos_ids)
@@ -168,7 +217,7 @@ def count_activations(
             truncation=True,
             max_length=max_length,
             add_special_tokens=add_special_tokens,
-        )
+        ).to(device)
         if positions == "all":
             recorder.mask = enc["attention_mask"].bool()
             with activation_hooks(sites, recorder):
@@ -189,6 +238,7 @@ def count_activations(
                     )
             finally:
                 pre.remove()
+        recorder.finish()
         done += len(batch)
         log.info("counted %d/%d prompts", done, len(prompts))
     counts.info = {

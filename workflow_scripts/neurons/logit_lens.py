@@ -44,6 +44,7 @@ from torch import nn
 
 from workflow_scripts.models.anatomy import decoder_layers, final_norm_module, lm_head
 from workflow_scripts.models.padding import pad_id, right_padded
+from workflow_scripts.models.placement import input_device
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,7 @@ def categories_for(lang: str) -> list[str]:
 
 
 def _chunk_rows(vocab_size: int, dtype: torch.dtype, max_chunk_bytes: int) -> int:
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return max(1, max_chunk_bytes // (vocab_size * itemsize))
+    return max(1, max_chunk_bytes // (vocab_size * dtype.itemsize))
 
 
 def head_top_k(
@@ -86,7 +86,7 @@ def head_top_k(
             h = norm(h)
         out.append(head(h).topk(top_k, dim=-1).indices)
     if not out:
-        return torch.empty(0, top_k, dtype=torch.long)
+        return torch.empty(0, top_k, dtype=torch.long, device=hidden.device)
     return torch.cat(out)
 
 
@@ -102,18 +102,24 @@ def lens_top_k(
     """Per decoder layer, the top-k ids ``[N, k]`` at the N non-padding positions.
 
     Rows are the positions where ``attention_mask`` is 1, batch-major (as
-    ``tensor[mask]`` orders them). Runs the trunk only, with hooks.
+    ``tensor[mask]`` orders them). Runs the trunk only, with hooks; inputs go to the
+    embedding's device, each layer's ids stay on the device of its head computation.
     """
+    device = input_device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     layers = decoder_layers(model)
     head = lm_head(model)
     norm = final_norm_module(model) if final_norm else None
-    mask = attention_mask.bool()
+    mask_on = {attention_mask.device: attention_mask.bool()}  # per device (device_map)
     tops: list[torch.Tensor | None] = [None] * len(layers)
 
     def hook(layer: int):
         def fn(_module, _args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            tops[layer] = head_top_k(hidden[mask], head, top_k, norm, max_chunk_bytes)
+            if hidden.device not in mask_on:
+                mask_on[hidden.device] = attention_mask.bool().to(hidden.device)
+            rows = hidden[mask_on[hidden.device]]
+            tops[layer] = head_top_k(rows, head, top_k, norm, max_chunk_bytes)
 
         return fn
 
@@ -145,6 +151,30 @@ def encode_right_padded(
         add_special_tokens=add_special_tokens,
     )
     return right_padded(enc["input_ids"], pad_id(tokenizer))
+
+
+def _category_counts(
+    tops: Sequence[torch.Tensor],
+    tokenizer,
+    classifier: TokenClassifier,
+    index: dict[str | None, int],
+    other: int,
+) -> np.ndarray:
+    """``[layers, categories]`` counts of one batch's top-k ids, one copy to the host.
+
+    Each distinct id of the batch is classified once (None and unlisted codes: other).
+    """
+    device = tops[0].device
+    ids = torch.stack([t.to(device) for t in tops])  # [L, N, k]
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    langs = classifier.classify_ids(tokenizer, unique.tolist())
+    category = torch.tensor(
+        [index.get(code, other) for code in langs], dtype=torch.long, device=device
+    )
+    per_layer = category[inverse].reshape(len(tops), -1)
+    counts = torch.zeros(len(tops), len(index), dtype=torch.int64, device=device)
+    counts.scatter_add_(1, per_layer, torch.ones_like(per_layer))
+    return counts.cpu().numpy()
 
 
 def logit_lens(
@@ -192,11 +222,7 @@ def logit_lens(
             continue
         n_positions += int(attention_mask.sum())
         tops = lens_top_k(model, input_ids, attention_mask, top_k, final_norm, max_chunk_bytes)
-        for layer, ids in enumerate(tops):
-            unique, n = torch.unique(ids, return_counts=True)
-            langs = classifier.classify_ids(tokenizer, unique.tolist())
-            for code, c in zip(langs, n.tolist(), strict=True):
-                counts[layer, index.get(code, other)] += c  # None and unlisted codes: other
+        counts += _category_counts(tops, tokenizer, classifier, index, other)
         log.info(
             "logit lens %s: %d/%d texts", lang, min(start + batch_size, len(texts)), len(texts)
         )

@@ -56,6 +56,7 @@ from workflow_scripts.models.anatomy import (
     mlp_sites,
     norm_eps,
 )
+from workflow_scripts.models.placement import input_device
 
 PARTS = ("ffn", "q", "k", "v", "o")
 ATTENTION_PARTS = ("q", "k", "v", "o")
@@ -92,7 +93,7 @@ def v_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
     """
     bsz, seq, _ = o_in.shape
     heads, dim = site.n_heads, site.head_dim
-    idx = site.heads_of_kv().to(o_in.device)  # [n_kv, group]
+    idx = site.heads_of_kv(o_in.device)  # [n_kv, group]
     w = site.o_weight().to(o_in.dtype).reshape(-1, heads, dim)[:, idx]  # [hid, n_kv, G, D]
     gram = torch.einsum("ogrd,ogsd->gdrs", w, w)  # [n_kv, D, G, G]
     a = o_in.reshape(bsz, seq, heads, dim)[:, :, idx]  # [B, T, n_kv, G, D]
@@ -156,8 +157,7 @@ class AttentionState:
 
     def o_in(self, site: AttentionSite) -> torch.Tensor:
         """``[B, T, H*D]``: the o_proj input implied by these probabilities."""
-        kv = torch.tensor(site.kv_of_head, device=self.v.device)
-        out = self.probs @ self.v[:, kv]
+        out = self.probs @ self.v[:, site.kv_index(self.v.device)]
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
 
 
@@ -195,8 +195,7 @@ def attention_state(
         raise NotImplementedError(f"layer {site.layer}: partial rotary ({cos.shape[-1]} dims)")
     q_rot = q * cos[:, None] + _rotate_half(q) * sin[:, None]
     k_rot = k * cos[:, None] + _rotate_half(k) * sin[:, None]
-    kv = torch.tensor(site.kv_of_head, device=k_rot.device)
-    raw = q_rot @ k_rot[:, kv].transpose(-1, -2) * site.scaling
+    raw = q_rot @ k_rot[:, site.kv_index(k_rot.device)].transpose(-1, -2) * site.scaling
     bias = _additive_mask(attention_mask, bsz, seq, dtype, raw.device, site.causal)
     probs = torch.softmax(raw + bias, dim=-1)
     return AttentionState(q_pre, q, q_rot, k_pre, k, k_rot, v, cos, sin, bias, raw, probs)
@@ -280,7 +279,7 @@ def released_qk_importance(site: AttentionSite, o_in: torch.Tensor) -> dict[str,
     bsz, seq, _ = o_in.shape
     q = o_in.abs()
     per_head = q.reshape(bsz, seq, site.n_heads, site.head_dim)
-    k = per_head[:, :, site.heads_of_kv().to(o_in.device)].sum(3)  # [B, T, n_kv, D]
+    k = per_head[:, :, site.heads_of_kv(o_in.device)].sum(3)  # [B, T, n_kv, D]
     return {"q": q, "k": k.reshape(bsz, seq, -1)}
 
 
@@ -327,17 +326,23 @@ def reduce_tokens(
     )
 
 
-def _check_o_in(
+def _o_in_error(
     site: AttentionSite, st: AttentionState, o_in: torch.Tensor, valid: torch.Tensor
-) -> None:
+) -> torch.Tensor:
+    """Relative max error of the recomputed o_proj input (a device scalar: no sync here)."""
     mine, stock = st.o_in(site)[valid], o_in.to(st.probs.dtype)[valid]
-    tol = 2e-2 if o_in.dtype in (torch.float16, torch.bfloat16) else 1e-4
-    err = (mine - stock).abs().max().item() / max(stock.abs().max().item(), 1e-12)
-    if not err <= tol:
-        raise RuntimeError(
-            f"layer {site.layer}: recomputed attention differs from the stock module "
-            f"(relative error {err:.2e} > {tol}); unsupported attention variant"
-        )
+    return (mine - stock).abs().max() / stock.abs().max().clamp_min(1e-12)
+
+
+def _check_o_in(errors: Mapping[int, torch.Tensor], dtype: torch.dtype) -> None:
+    """Raise if a layer's recomputed attention differs from the stock module's."""
+    tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    for layer, err in sorted(errors.items()):
+        if not err.item() <= tol:
+            raise RuntimeError(
+                f"layer {layer}: recomputed attention differs from the stock module "
+                f"(relative error {err.item():.2e} > {tol}); unsupported attention variant"
+            )
 
 
 def plnd_scores(
@@ -358,23 +363,33 @@ def plnd_scores(
     positions identical to the unpadded documents). Returns ``{(layer, part): scores}``
     for ``part`` in ``parts`` (``ffn, q, k, v, o``) and the selected ``layers``.
     ``verify`` checks the recomputed attention against the stock o_proj input.
-    The model should be in eval mode; only its base model (no LM head) is run.
+    The model should be in eval mode; only its base model (no LM head) is run. Inputs
+    go to the embedding's device; each layer's scores stay on that layer's device.
     """
     parts = tuple(dict.fromkeys(parts))
     if bad := set(parts) - set(PARTS):
         raise ValueError(f"unknown parts {sorted(bad)}; expected a subset of {PARTS}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown plnd variant {variant!r}; expected one of {VARIANTS}")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    valid = attention_mask.to(torch.bool)
+    device = input_device(model)
+    input_ids = input_ids.to(device)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    attention_mask = attention_mask.to(device)
+    valid_on = {device: attention_mask.to(torch.bool)}  # the token mask, per device
+
+    def valid(on: torch.device) -> torch.Tensor:
+        if on not in valid_on:
+            valid_on[on] = valid_on[device].to(on)
+        return valid_on[on]
+
     keep = None if layers is None else set(layers)
     results: dict[Key, NeuronScores] = {}
 
     def store(layer: int, part: str, imp: torch.Tensor) -> None:
-        results[(layer, part)] = reduce_tokens(imp, valid.to(imp.device), keep_tokens)
+        results[(layer, part)] = reduce_tokens(imp, valid(imp.device), keep_tokens)
 
     handles = []
+    errors: dict[int, torch.Tensor] = {}  # checked once after the forward pass
 
     def ffn_hook(site: MLPSite) -> Callable:
         if variant == "paper":
@@ -407,7 +422,7 @@ def plnd_scores(
                 site, x, named.get("position_embeddings"), named.get("attention_mask")
             )
             if verify:
-                _check_o_in(site, st, cache.pop(site.layer), valid.to(x.device))
+                errors[site.layer] = _o_in_error(site, st, cache.pop(site.layer), valid(x.device))
             qk = [p for p in ("q", "k") if p in parts]
             for part, imp in qk_importance(site, st, qk, max_elements).items():
                 store(site.layer, part, imp)
@@ -440,6 +455,7 @@ def plnd_scores(
     finally:
         for handle in handles:
             handle.remove()
+    _check_o_in(errors, next(model.parameters()).dtype)
     return results
 
 

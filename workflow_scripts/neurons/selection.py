@@ -45,7 +45,8 @@ def plnd_stats(model, tokenizer, texts: Sequence[str], settings: Mapping[str, An
 
     Columns ``layer, module, index, frequency`` (documents in which the neuron is
     important), ``n_docs``, ``score`` (mean over documents of the reduced importance).
-    Memory: one batch plus ``[n_neurons]`` accumulators per (layer, part).
+    Memory: one batch plus ``[n_neurons]`` accumulators per (layer, part), on the device
+    of that layer, brought to the host once at the end.
     """
     if not texts:
         raise ValueError("PLND: no documents")
@@ -88,8 +89,8 @@ def plnd_stats(model, tokenizer, texts: Sequence[str], settings: Mapping[str, An
         cols["layer"].append(np.full(n, layer, dtype=np.int32))
         cols["module"].extend([MODULE_OF_PART[part]] * n)
         cols["index"].append(np.arange(n, dtype=np.int32))
-        cols["frequency"].append(f.numpy().astype(np.int64))
-        cols["score"].append((total[(layer, part)] / n_docs).numpy())
+        cols["frequency"].append(f.cpu().numpy().astype(np.int64))
+        cols["score"].append((total[(layer, part)] / n_docs).cpu().numpy())
     return pa.table(
         {
             "layer": np.concatenate(cols["layer"]),

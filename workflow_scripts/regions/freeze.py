@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from workflow_scripts.models.placement import check_editable
 from workflow_scripts.regions.selection import region_params
 from workflow_scripts.training.checkpoints import TrainingCheckpoint
 from workflow_scripts.training.loop import continued_pretraining
@@ -26,13 +27,15 @@ def freeze_train(
     checkpoint: TrainingCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` while restoring ``region``'s elements after every optimizer step."""
+    check_editable(model, "region-freeze training")
     params = region_params(model, region)
-    frozen = {n: params[n].detach().view(-1)[region[n]].clone() for n in params}
+    index = {n: region[n].to(p.device) for n, p in params.items()}  # once, not per step
+    frozen = {n: params[n].detach().view(-1)[index[n]].clone() for n in params}
 
     def restore() -> None:
         with torch.no_grad():
             for n, p in params.items():
-                p.data.view(-1)[region[n]] = frozen[n]
+                p.data.view(-1)[index[n]] = frozen[n]
 
     info = continued_pretraining(model, docs, settings, pad_id, checkpoint, restore)
     info["frozen_elements"] = int(sum(i.numel() for i in region.values()))

@@ -17,6 +17,7 @@ from torch import nn
 
 from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
 from workflow_scripts.evaluation.perplexity import perplexity
+from workflow_scripts.models.placement import check_editable
 from workflow_scripts.regions.selection import KINDS, region_indices, region_params
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ def perturbed(
     """
     if how not in PERTURBATIONS:
         raise ValueError(f"perturb: how must be one of {PERTURBATIONS}, got {how!r}")
+    check_editable(model, "region perturbation")
     params = region_params(model, region)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # the same noise on any device
     saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():
@@ -55,8 +57,8 @@ def perturbed(
                     flat[idx] *= scale
                 else:
                     rms = float(flat.float().square().mean().sqrt()) or 1.0
-                    noise = torch.randn(idx.numel(), generator=gen) * (scale * rms)
-                    flat[idx] += noise.to(flat.dtype).to(flat.device)
+                    noise = torch.randn(idx.numel(), generator=gen, device="cpu") * (scale * rms)
+                    flat[idx] += noise.to(flat.device, flat.dtype)
         yield
     finally:
         with torch.no_grad():

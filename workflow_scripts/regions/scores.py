@@ -28,6 +28,7 @@ from torch import nn
 
 from workflow_scripts.io import atomic_path
 from workflow_scripts.models.anatomy import region_parameters
+from workflow_scripts.models.placement import input_device
 from workflow_scripts.training.checkpoints import TrainingCheckpoint
 from workflow_scripts.training.loop import collate, continued_pretraining
 
@@ -73,12 +74,12 @@ def grad_x_param_scores(
         p.requires_grad_(n in params)
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     start, extra = checkpoint.restore(None, None) if checkpoint else (0, {})
-    if start:
-        acc = extra["acc"]
+    if start:  # checkpoints are read to the host: back to each parameter's device
+        acc = {n: a.to(params[n].device) for n, a in extra["acc"].items()}
     bs = settings["batch_size"]
     docs = sorted(docs, key=len)  # similar lengths per batch: little padding (CPU time)
     n_batches = math.ceil(len(docs) / bs)
-    device = next(model.parameters()).device
+    device = input_device(model)
     model.eval()  # no dropout: the importance of the model as it is
     t0 = time.time()
     for b in range(start, n_batches):

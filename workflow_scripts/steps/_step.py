@@ -7,6 +7,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
+log = logging.getLogger(__name__)
+
 
 def run(snakemake, main: Callable[[], None]) -> None:
     """Run ``main`` with logging to ``snakemake.log[0]``.
@@ -40,20 +42,47 @@ def threads(snakemake) -> int:
     return max(1, min(snakemake.threads, os.cpu_count() or 1))
 
 
-def model_of(snakemake):
-    """``(model, tokenizer)`` of a model job (params model_path, dtype; the job's threads)."""
-    from workflow_scripts.models.loading import load_model
+def placement(snakemake) -> dict:
+    """The job's model placement, from the run's config (not a param: re-runs nothing)."""
+    from workflow_scripts.config import placement_of
 
-    return load_model(snakemake.params.model_path, snakemake.params.dtype, threads(snakemake))
+    return placement_of(snakemake.config, snakemake.wildcards.model)
+
+
+def model_of(snakemake, stage: str, new_tokens: int = 0):
+    """``(model, tokenizer, settings)`` of a model job of ``stage``.
+
+    The model is loaded (params model_path, dtype; the job's threads) where the
+    config's placement says; ``settings`` are the rule's settings with the batch size
+    of that device (``placement.batch_size.<stage>`` on CUDA); the job's memory need is
+    logged and checked before anything computes (:func:`~workflow_scripts.models.memory.check_fits`).
+    """
+    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.models.memory import check_fits
+    from workflow_scripts.models.placement import batch_size_for
+
+    where = placement(snakemake)
+    p = snakemake.params
+    model, tokenizer = load_model(p.model_path, p.dtype, threads(snakemake), where)
+    settings = dict(p.settings)
+    batch = batch_size_for(model, where, stage, settings["batch_size"])
+    setting = f"{stage}.batch_size"
+    if batch != settings["batch_size"]:
+        log.info("%s: batch size %d on %s (placement.batch_size)", stage, batch, "CUDA")
+        settings["batch_size"], setting = batch, f"placement.batch_size.{stage}"
+    check_fits(model, stage, batch, settings["max_length"], new_tokens, setting)
+    return model, tokenizer, settings
 
 
 def training_job(snakemake, code, **identity):
     """``(model, tokenizer, docs, checkpoint)`` of a training job (region scores, freezing):
-    the rule's params (model, settings, checkpoints) and its ``corpus`` input."""
+    the rule's params (model, settings, checkpoints) and its ``corpus`` input, the model
+    where the config's placement says, its memory need checked."""
+    from workflow_scripts.models.memory import check_fits
     from workflow_scripts.training.loop import prepare_run
 
     p = snakemake.params
-    return prepare_run(
+    run = prepare_run(
         p.model_path,
         p.dtype,
         p.settings,
@@ -62,15 +91,19 @@ def training_job(snakemake, code, **identity):
         p.checkpoint_every,
         threads(snakemake),
         code=code,
+        placement=placement(snakemake),
         **identity,
     )
+    check_fits(run[0], "regions", p.settings["batch_size"], p.settings["max_length"])
+    return run
 
 
 def evaluation_job(snakemake):
-    """``(eval_texts, skipped_langs, model, tokenizer)`` of an ablation/perturbation job."""
+    """``(eval_texts, skipped_langs, model, tokenizer, settings)`` of an ablation or
+    perturbation job."""
     from workflow_scripts.evaluation.perplexity import evaluation_texts
 
-    s = snakemake.params.settings
+    model, tokenizer, settings = model_of(snakemake, "ablation")
     corpora = dict(zip(snakemake.params.languages, snakemake.input.corpora, strict=True))
-    eval_texts, skipped = evaluation_texts(corpora, s["split"], s["n_docs"])
-    return (eval_texts, skipped, *model_of(snakemake))
+    eval_texts, skipped = evaluation_texts(corpora, settings["split"], settings["n_docs"])
+    return eval_texts, skipped, model, tokenizer, settings

@@ -7,8 +7,8 @@ sm = snakemake
 
 
 def main() -> None:
-    s, lang = sm.params.settings, sm.wildcards.lang
-    eval_texts, skipped, model, tokenizer = evaluation_job(sm)
+    lang = sm.wildcards.lang
+    eval_texts, skipped, model, tokenizer, s = evaluation_job(sm)
     table = ablation_matrix(
         model,
         tokenizer,
@@ -19,7 +19,7 @@ def main() -> None:
         mode=s["mode"],
         **perplexity_settings(s),
     )
-    meta = {"method": sm.wildcards.method, **s, "skipped_eval_langs": skipped}
+    meta = {"method": sm.wildcards.method, **sm.params.settings, "skipped_eval_langs": skipped}
     write_parquet(table, sm.output[0], metadata=meta)
 
 

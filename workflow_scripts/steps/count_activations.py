@@ -8,9 +8,11 @@ sm = snakemake
 def main() -> None:
     condition = sm.wildcards.condition
     corpora = dict(zip(sm.params.languages, sm.input.corpora, strict=True))
-    model, tokenizer = model_of(sm)
+    act = sm.params.settings
+    new_tokens = act["max_new_tokens"] if act["positions"] == "generated" else 0
+    model, tokenizer, settings = model_of(sm, "actcount", new_tokens)
     counts, meta = count_condition(
-        model, tokenizer, condition, corpora, sm.params.settings, model_name=sm.wildcards.model
+        model, tokenizer, condition, corpora, settings, model_name=sm.wildcards.model
     )
     write_parquet(counts.count_table(), sm.output.counts, metadata=meta)
     inhibition = counts.inhibition_table()

@@ -7,9 +7,8 @@ sm = snakemake
 
 
 def main() -> None:
-    s = sm.params.settings
+    model, tokenizer, s = model_of(sm, "lape")
     texts = sample_texts(sm.input.corpus, s["split"], s["n_docs"])
-    model, tokenizer = model_of(sm)
     counts = count_activations(
         model,
         tokenizer,
@@ -18,7 +17,11 @@ def main() -> None:
         batch_size=s["batch_size"],
         max_length=s["max_length"],
     )
-    write_parquet(counts.count_table(), sm.output[0], metadata={"lang": sm.wildcards.lang, **s})
+    write_parquet(
+        counts.count_table(),
+        sm.output[0],
+        metadata={"lang": sm.wildcards.lang, **sm.params.settings},
+    )
 
 
 run(sm, main)

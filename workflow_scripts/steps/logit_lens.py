@@ -7,9 +7,8 @@ sm = snakemake
 
 
 def main() -> None:
-    s = sm.params.settings
+    model, tokenizer, s = model_of(sm, "logit_lens")
     texts = sample_texts(sm.input.corpus, s["split"], s["n_docs"])
-    model, tokenizer = model_of(sm)
     table, meta = corpus_logit_lens(
         model,
         tokenizer,

@@ -7,8 +7,8 @@ sm = snakemake
 
 
 def main() -> None:
-    s, r = sm.params.settings, sm.params.regions
-    eval_texts, skipped, model, tokenizer = evaluation_job(sm)
+    r = sm.params.regions
+    eval_texts, skipped, model, tokenizer, s = evaluation_job(sm)
     table = perturbation_table(
         model,
         tokenizer,
@@ -22,7 +22,9 @@ def main() -> None:
         **perplexity_settings(s),
     )
     write_parquet(
-        table, sm.output[0], metadata={"method": "region", **r, **s, "skipped_eval_langs": skipped}
+        table,
+        sm.output[0],
+        metadata={"method": "region", **r, **sm.params.settings, "skipped_eval_langs": skipped},
     )
 
 

@@ -7,11 +7,10 @@ sm = snakemake
 
 
 def main() -> None:
-    settings = sm.params.settings
+    model, tokenizer, settings = model_of(sm, "plnd")
     texts = sample_texts(sm.input.corpus, settings["split"], settings["n_docs"])
-    model, tokenizer = model_of(sm)
     table = plnd_stats(model, tokenizer, texts, settings)
-    write_parquet(table, sm.output[0], metadata={"lang": sm.wildcards.lang, **settings})
+    write_parquet(table, sm.output[0], metadata={"lang": sm.wildcards.lang, **sm.params.settings})
 
 
 run(sm, main)

@@ -1,7 +1,7 @@
 import torch
 
 from workflow_scripts.models.tiny import pretrain
-from workflow_scripts.steps._step import run, threads
+from workflow_scripts.steps._step import placement, run, threads
 
 sm = snakemake
 torch.set_num_threads(threads(sm))
@@ -12,5 +12,6 @@ run(
         sm.params.spec,
         sm.output[0],
         sm.params.checkpoint_dir,
+        device=placement(sm)["device"],
     ),
 )

@@ -25,6 +25,7 @@ from workflow_scripts.data.corpus import sample_texts
 from workflow_scripts.models.anatomy import region_parameters
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.models.padding import right_padded
+from workflow_scripts.models.placement import input_device
 from workflow_scripts.training.checkpoints import TrainingCheckpoint, source_hash
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def train_steps(
     for _ in range(start):
         next(batches)
     model = trainer.model
-    device = next(model.parameters()).device
+    device = input_device(model)
     model.train()
     t0 = time.time()
     for step in range(start, steps):
@@ -243,6 +244,7 @@ def prepare_run(
     checkpoint_every: int,
     threads: int | None = None,
     code: Sequence[Any] = (),
+    placement: Mapping[str, Any] | None = None,
     **identity: str,
 ) -> tuple[nn.Module, Any, list[list[int]], TrainingCheckpoint]:
     """What a training job starts from: ``(model, tokenizer, docs, checkpoint)``.
@@ -250,8 +252,14 @@ def prepare_run(
     ``settings``: n_docs, max_length and the training settings. The checkpoint is keyed
     by the settings, the model, ``identity`` (language, region ...) and the source of
     this module and of the ``code`` modules, so stale state is never resumed.
+    ``placement``: where the model trains: its ``device`` only; a ``device_map`` is for
+    the inference stages (accelerate's dispatch runs layers one GPU after the other),
+    training on several GPUs is DeepSpeed's (``engine: deepspeed``).
     """
-    model, tokenizer = load_model(model_path, dtype, threads)
+    if placement and placement.get("device_map") is not None:
+        log.info("training on placement.device; device_map is used by inference stages only")
+        placement = {**placement, "device_map": None}
+    model, tokenizer = load_model(model_path, dtype, threads, placement)
     texts = sample_texts(corpus, "train", settings["n_docs"])
     docs = training_documents(tokenizer, texts, settings["max_length"])
     digest = source_hash(sys.modules[__name__], *code)
