@@ -84,6 +84,9 @@ def _mutated(config, fn):
         (lambda c: c["corpora"]["bundled"].update(source="s3"), ["'s3' is not one of"]),
         (lambda c: c["models"]["qwen"]["tiny"].update(vocab_size=10), ["10 is less than"]),
         (lambda c: c["languages"].append("en"), ["has non-unique elements"]),
+        (lambda c: c.update(placement={"device": "gpu0"}), ["'gpu0' does not match"]),
+        (lambda c: c.update(placement={"device_map": "everywhere"}), ["device_map"]),
+        (lambda c: c.update(placement={"batch_size": {"plnd": 0}}), ["0 is less than"]),
     ],
 )
 def test_invalid_config_names_the_culprit(config, mutate, expected):
@@ -175,3 +178,12 @@ def test_cli_model_with_unknown_corpus(tmp_path):
     proc = snakemake_cli(tmp_path, _cli_config(models=models))
     assert proc.returncode != 0
     assert "corpus 'wiki' is not a key under corpora" in _output(proc)
+
+
+def test_per_model_placement_is_validated_merged(config):
+    from workflow_scripts.config import check_cross_fields
+
+    cfg = _mutated(config, lambda c: c["models"]["qwen"].update(placement={"device": "tpu"}))
+    _validate(cfg)  # the per-model section is free-form for the schema...
+    with pytest.raises(ValueError, match=r"models\.qwen\.placement device"):
+        check_cross_fields(cfg)  # ...and checked merged with the global one

@@ -16,7 +16,9 @@ and by tests that fail on the bugs a GPU would reveal:
 from __future__ import annotations
 
 import copy
+import logging
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,6 +140,33 @@ def test_memory_check_fails_fast_naming_the_setting(tiny_tokenizer):
     with pytest.raises(MemoryError, match=r"lower placement\.batch_size\.plnd"):
         memory.check_fits(model, "plnd", 4, 64, setting="placement.batch_size.plnd", free=need - 1)
     assert memory.free_bytes(torch.device("cpu")) > 0
+
+
+def test_model_job_reads_placement_and_checks_memory(tiny_tokenizer, tmp_path, monkeypatch, caplog):
+    """What a model job does before it computes: load where the config says, pick the
+    device's batch size, log the memory estimate, stop at once if it cannot fit."""
+    from workflow_scripts.steps import _step
+
+    make_model(tiny_tokenizer).save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    params = SimpleNamespace(
+        model_path=str(tmp_path / "m"),
+        dtype="float32",
+        settings={"batch_size": 4, "max_length": 32},
+    )
+    cfg = {
+        "placement": {"batch_size": {"plnd": 16}},
+        "models": {"m": {"placement": {"device": "cpu"}}},
+    }
+    sm = SimpleNamespace(config=cfg, wildcards=SimpleNamespace(model="m"), params=params, threads=1)
+    with caplog.at_level(logging.INFO):
+        model, _, settings = _step.model_of(sm, "plnd")
+    assert settings["batch_size"] == 4  # on the CPU: the stage's own
+    assert placement.input_device(model).type == "cpu"
+    assert "model computes on cpu" in caplog.text and "memory: parameters" in caplog.text
+    monkeypatch.setattr(memory, "free_bytes", lambda _device: 1000)
+    with pytest.raises(MemoryError, match=r"lower plnd\.batch_size"):
+        _step.model_of(sm, "plnd")
 
 
 # ------------------------------------------------------- tensors follow the device

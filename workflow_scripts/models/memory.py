@@ -52,9 +52,19 @@ def _dims(config) -> dict[str, int]:
 
 
 def estimate_bytes(
-    model: nn.Module, stage: str, batch_size: int, seq_len: int, new_tokens: int = 0
+    model: nn.Module,
+    stage: str,
+    batch_size: int,
+    seq_len: int,
+    new_tokens: int = 0,
+    optimizer: bool = True,
 ) -> int:
-    """Upper estimate of the bytes one batch of ``stage`` keeps alive (see module doc)."""
+    """Upper estimate of the bytes one batch of ``stage`` keeps alive (see module doc).
+
+    Training stages (``regions``, ``tiny``) add gradients and float32 scores, and with
+    ``optimizer`` (delta scores, freeze training; not grad x param) AdamW's two moments
+    and the copy of the weights the deltas are taken from.
+    """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     d = _dims(model.config)
@@ -76,7 +86,9 @@ def estimate_bytes(
         total += b * t * d["hidden"] * 4
     elif stage in ("regions", "tiny"):
         params = sum(p.numel() for p in model.parameters())
-        total += params * (itemsize + 8 + 4)  # gradients, AdamW moments, float32 scores
+        total += params * (itemsize + 4)  # gradients, float32 scores
+        if optimizer:
+            total += params * 3 * itemsize  # AdamW's moments, the weights before training
         total += b * t * d["layers"] * (16 * d["hidden"] + 4 * d["inter"]) * itemsize
         total += b * t * d["vocab"] * 4 * 2
     return int(total)
@@ -104,6 +116,7 @@ def check_fits(
     new_tokens: int = 0,
     setting: str | None = None,
     free: int | None = None,
+    optimizer: bool = True,
 ) -> int:
     """Log parameters, the batch's estimate and the free memory; raise if it cannot fit.
 
@@ -111,7 +124,7 @@ def check_fits(
     Returns the estimate in bytes. With a ``device_map`` the smallest free memory of
     the devices that hold layers is used.
     """
-    need = estimate_bytes(model, stage, batch_size, seq_len, new_tokens)
+    need = estimate_bytes(model, stage, batch_size, seq_len, new_tokens, optimizer)
     devices = _devices(model)
     if free is None:
         free = min(free_bytes(d) for d in devices)

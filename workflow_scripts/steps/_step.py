@@ -74,10 +74,11 @@ def model_of(snakemake, stage: str, new_tokens: int = 0):
     return model, tokenizer, settings
 
 
-def training_job(snakemake, code, **identity):
+def training_job(snakemake, code, optimizer: bool = True, **identity):
     """``(model, tokenizer, docs, checkpoint)`` of a training job (region scores, freezing):
     the rule's params (model, settings, checkpoints) and its ``corpus`` input, the model
-    where the config's placement says, its memory need checked."""
+    where the config's placement says, its memory need checked (``optimizer``: whether
+    the job keeps AdamW state: not for grad x param scores)."""
     from workflow_scripts.models.memory import check_fits
     from workflow_scripts.training.loop import prepare_run
 
@@ -94,7 +95,8 @@ def training_job(snakemake, code, **identity):
         placement=placement(snakemake),
         **identity,
     )
-    check_fits(run[0], "regions", p.settings["batch_size"], p.settings["max_length"])
+    s = p.settings
+    check_fits(run[0], "regions", s["batch_size"], s["max_length"], optimizer=optimizer)
     return run
 
 

@@ -7,8 +7,11 @@ sm = snakemake
 
 def main() -> None:
     s = sm.params.settings
-    model, tokenizer, docs, checkpoint = training_job(sm, [scores], lang=sm.wildcards.lang)
-    compute = scores.delta_scores if s["score"] == "delta" else scores.grad_x_param_scores
+    delta = s["score"] == "delta"
+    model, tokenizer, docs, checkpoint = training_job(
+        sm, [scores], optimizer=delta, lang=sm.wildcards.lang
+    )
+    compute = scores.delta_scores if delta else scores.grad_x_param_scores
     result, info = compute(model, docs, s, pad_id(tokenizer), checkpoint)
     meta = {**s, **{k: v for k, v in info.items() if k != "losses"}, "n_docs_used": len(docs)}
     if "losses" in info:
