@@ -43,6 +43,7 @@ def main() -> None:
             rec.mask = b["attention_mask"].bool()
             with activation_hooks(sites, rec):
                 model.base_model(**b)
+            rec.finish()  # the batch's device counters to the host
 
     tp, th = alternate(trunk, trunk_count, args.rounds)
     print(
@@ -75,6 +76,7 @@ def main() -> None:
                 model.generate(**enc, **gen_kwargs)
         finally:
             pre.remove()
+        rec.finish()
 
     gp, gh = alternate(gen, gen_count, args.rounds)
     n_new = args.new_tokens * len(prompts)

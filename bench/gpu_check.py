@@ -1,6 +1,7 @@
 """Every stage on the GPU: the same tables as on the CPU, and its speed against a forward pass.
 
     python bench/gpu_check.py            # one GPU, about 5 minutes; without CUDA: CPU half only
+    python bench/gpu_check.py --device cpu --skip-gemma   # rehearse every step without a GPU
 
 For a tiny random Qwen2 (built here, offline) and Gemma 3 270M (results/models/gemma,
 converted from its pip package if absent), each stage runs on the CPU and on
@@ -162,7 +163,7 @@ def generate_seconds(model, tok, texts, new) -> float:
 
 
 def sync() -> None:
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
 
@@ -193,36 +194,37 @@ def compare(name: str, cpu, gpu) -> None:
         rel = abs(gpu.ppl - cpu.ppl) / cpu.ppl
         check(rel <= 1e-3, f"{name}: PPL {cpu.ppl:.4f} CPU, {gpu.ppl:.4f} GPU (rel {rel:.1e})")
     elif name == "regions":
-        err = max((cpu[n] - gpu[n]).abs().max().item() / cpu[n].abs().max().item() for n in cpu)
+        scale = max(cpu[n].abs().max().item() for n in cpu) or 1.0
+        err = max((cpu[n] - gpu[n]).abs().max().item() for n in cpu) / scale
         check(err <= 1e-3, f"regions: grad x param scores relative max diff {err:.1e}")
 
 
-def run_model(label: str, model, tok, texts, settings, cuda: bool) -> None:
+def run_model(label: str, model, tok, texts, settings, device: str | None) -> None:
     print(
         f"\n== {label}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters",
         flush=True,
     )
     cpu_results = {name: fn() for name, (fn, _) in stages(model, tok, texts, settings).items()}
     print("  CPU: every stage ran", flush=True)
-    if not cuda:
+    if device is None:
         return
-    gpu_model = copy.deepcopy(model).to("cuda:0")
+    gpu_model = copy.deepcopy(model).to(device)
     gpu = stages(gpu_model, tok, texts, settings)
     gpu_results = {name: fn() for name, (fn, _) in gpu.items()}
     for name in gpu:
         compare(name, cpu_results[name], gpu_results[name])
-    half = copy.deepcopy(model).to("cuda:0", torch.bfloat16)
+    half = copy.deepcopy(model).to(device, torch.bfloat16)
     half_results = {name: fn() for name, (fn, _) in stages(half, tok, texts, settings).items()}
     diff = (gpu_results["lape"].counts - half_results["lape"].counts).abs()
     f32, f16 = (r["plnd"]["frequency"].to_numpy() for r in (gpu_results, half_results))
     print(
-        f"  bfloat16 vs float32 on the GPU: {int((diff > 0).sum())} of {diff.numel()} LAPE "
+        f"  bfloat16 vs float32 on {device}: {int((diff > 0).sum())} of {diff.numel()} LAPE "
         f"counts differ (median by {int(diff[diff > 0].median()) if (diff > 0).any() else 0}); "
         f"PLND frequencies differ for {(f32 != f16).sum()} of {f32.size}; PPL "
         f"{gpu_results['perplexity'].ppl:.4f} -> {half_results['perplexity'].ppl:.4f}",
         flush=True,
     )
-    print("  stage        GPU tokens/s   ratio to a plain GPU forward (same batches)")
+    print(f"  stage        tokens/s on {device}   ratio to a plain forward there (same batches)")
     for name, (fn, n_tok) in gpu.items():
         rounds = []
         for _ in range(3):
@@ -245,8 +247,14 @@ def main() -> None:
     ap.add_argument("--gemma", default=str(REPO / "results" / "models" / "gemma"))
     ap.add_argument("--docs", type=int, default=32)
     ap.add_argument("--skip-gemma", action="store_true")
+    ap.add_argument(
+        "--device",
+        default="cuda:0",
+        help="the device of the second half (cpu: rehearse the whole script without a GPU)",
+    )
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
+    device = args.device if cuda or args.device == "cpu" else None
     print(
         f"torch {torch.__version__}; CUDA: " + (torch.cuda.get_device_name(0) if cuda else "none")
     )
@@ -259,13 +267,13 @@ def main() -> None:
         "max_length": 128,
         "new_tokens": 32,
     }
-    run_model("tiny qwen2 (random)", model, tok, texts, settings, cuda)
+    run_model("tiny qwen2 (random)", model, tok, texts, settings, device)
     if not args.skip_gemma:
         model, tok = gemma(Path(args.gemma))
         settings = {**settings, "parts": ["ffn", "v", "o"]}
-        run_model("Gemma 3 270M", model, tok, texts, settings, cuda)
+        run_model("Gemma 3 270M", model, tok, texts, settings, device)
     print(f"\n{time.time() - t0:.0f} s")
-    if not cuda:
+    if device is None:
         print("no CUDA on this machine: ran the CPU half only; run this where a GPU is")
     if FAILURES:
         print(f"{len(FAILURES)} checks failed")
