@@ -42,8 +42,8 @@ BUNDLED = REPO / "resources" / "corpus" / "bundled.parquet"
 SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
 CONFIGS = REPO / "tests" / "configs"
 
-ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom"]
-GATED = {"qwen2": True, "llama": True, "mistral": True, "gemma3_text": True}
+ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom", "phi3"]
+GATED = {"qwen2": True, "llama": True, "mistral": True, "gemma3_text": True, "phi3": True}
 # architecture id used by the tests -> (transformers model_type, extra spec)
 MODEL_CASES = {arch: (arch, {}) for arch in ARCHS}
 MODEL_CASES["qwen2_gqa"] = ("qwen2", {"num_heads": 4, "num_kv_heads": 2})
@@ -112,9 +112,13 @@ def direct_activation(model_type: str, mlp: torch.nn.Module, h: torch.Tensor) ->
     """Neuron activations of one MLP computed from its input ``h`` and its raw weights.
 
     Independent of :mod:`workflow_scripts.models.anatomy`: gated MLPs ``act(h @ W_gate^T)``
-    (SiLU; GELU-tanh for Gemma 3), GPT-2 ``gelu_new(h @ W_fc + b)`` (Conv1D weight
-    is ``[in, out]``), Bloom ``gelu_tanh(h @ W^T + b)``.
+    (SiLU; GELU-tanh for Gemma 3; Phi-3's gate is the first half of the rows of its fused
+    ``gate_up_proj``), GPT-2 ``gelu_new(h @ W_fc + b)`` (Conv1D weight is ``[in, out]``),
+    Bloom ``gelu_tanh(h @ W^T + b)``.
     """
+    if model_type == "phi3":
+        w = mlp.gate_up_proj.weight
+        return F.silu(h @ w[: w.shape[0] // 2].T)
     if model_type == "gpt2":
         pre = h @ mlp.c_fc.weight + mlp.c_fc.bias
         return 0.5 * pre * (1 + torch.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3)))

@@ -96,7 +96,12 @@ def zero_by_hand(model, units) -> torch.nn.Module:
                 mlp.dense_4h_to_h.weight[:, i] = 0
                 continue
             block = out.model.layers[layer]
-            if module == "mlp":
+            if module == "mlp" and arch == "phi3":  # fused [gate; up] rows
+                fused = block.mlp.gate_up_proj.weight
+                fused[i, :] = 0
+                fused[fused.shape[0] // 2 + i, :] = 0
+                block.mlp.down_proj.weight[:, i] = 0
+            elif module == "mlp":
                 block.mlp.gate_proj.weight[i, :] = 0
                 block.mlp.up_proj.weight[i, :] = 0
                 block.mlp.down_proj.weight[:, i] = 0
@@ -137,9 +142,10 @@ def test_each_module_alone_matches_hand_zeroing(tiny_model, tiny_tokenizer, text
     torch.testing.assert_close(hooked, by_hand, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bloom"])
-def test_plain_mlp_units(tiny_model, tiny_tokenizer, texts, arch):
-    assert arch not in GATED
+@pytest.mark.parametrize("arch", ["gpt2", "bloom", "phi3"])
+def test_mlp_only_units(tiny_model, tiny_tokenizer, texts, arch):
+    """Plain MLPs, and Phi-3's fused gate_up (its attention is one fused qkv: MLP units only)."""
+    assert (arch in GATED) is (arch == "phi3")
     model = tiny_model(arch).double()
     units = mixed_units(model, modules=("mlp",), per=5)
     with deactivated(model, units, mode="hooks"):

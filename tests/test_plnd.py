@@ -167,8 +167,11 @@ def direct_ffn(site, args: tuple) -> torch.Tensor:
     out = x.new_zeros(*x.shape[:2], site.size)
     with torch.no_grad():
         base = mlp(*args)
+        fused = getattr(mlp, "gate_up_proj", None)  # Phi-3: rows [gate; up]
         for k in range(site.size):
-            if site.gated:  # row k of up_proj (and of gate_proj: act(0) = 0)
+            if fused is not None:
+                targets = [(fused.weight, k), (fused.weight, site.size + k)]
+            elif site.gated:  # row k of up_proj (and of gate_proj: act(0) = 0)
                 targets = [(mlp.up_proj.weight, k), (mlp.gate_proj.weight, k)]
                 targets += [(mlp.up_proj.bias, k), (mlp.gate_proj.bias, k)]
             else:  # column k of the down projection
@@ -265,7 +268,7 @@ def test_attention_sites(tiny_tokenizer, case):
         assert sites[0].scaling == pytest.approx(8**-0.5)
 
 
-@pytest.mark.parametrize("case", ["gpt2", "bloom"])
+@pytest.mark.parametrize("case", ["gpt2", "bloom", "phi3"])
 def test_fused_attention_raises_but_ffn_works(tiny_tokenizer, case):
     model = build(tiny_tokenizer, case)
     with pytest.raises(NotImplementedError, match=r"parts=\('ffn',\)"):
@@ -435,6 +438,17 @@ def test_released_variant(tiny_tokenizer):
         assert torch.allclose(scores[(site.layer, "k")].sum, k_want, rtol=1e-9)
         for part in ("v", "o"):
             assert torch.equal(scores[(site.layer, part)].l2, paper[(site.layer, part)].l2)
+    phi3 = build(tiny_tokenizer, "phi3")  # fused gate_up: W_up x is its second half
+    fused = plnd_scores(
+        phi3, enc["input_ids"], enc["attention_mask"], parts=("ffn",), variant="released"
+    )
+    mlp_in = capture(phi3, enc, parts=("ffn",)).mlp_in
+    for site in mlp_sites(phi3):
+        w_up = site.mlp.gate_up_proj.weight[site.size :]
+        with torch.no_grad():
+            up = (mlp_in[site.layer][0] @ w_up.T).abs()
+        want = torch.where(valid[..., None], up, 0).sum(1)
+        assert torch.allclose(fused[(site.layer, "ffn")].sum, want, rtol=1e-10)
     with pytest.raises(ValueError, match="unknown plnd variant"):
         plnd_scores(model, enc["input_ids"], variant="authors")
     with pytest.raises(ValueError, match="unknown parts"):

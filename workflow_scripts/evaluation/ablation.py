@@ -88,8 +88,9 @@ def _plan(
         )
         idx = torch.tensor(indices, dtype=torch.long, device=execution_device(hooked))
         if module == "mlp":
-            slices = [s for proj in site.first_projections() for s in out_slices(proj, idx)]
-            plan.append(("pre", site.down, idx, slices + in_slices(site.down, idx)))
+            plan.append(
+                ("pre", site.down, idx, site.neuron_slices(idx) + in_slices(site.down, idx))
+            )
         elif module == "o":
             plan.append(("pre", site.o, idx, in_slices(site.o, idx)))
         else:

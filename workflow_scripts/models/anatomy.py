@@ -28,6 +28,7 @@ from torch import nn
 from workflow_scripts.models.placement import weight
 
 GATE_NAMES = ("gate_proj", "w1")
+FUSED_GATE_UP_NAMES = ("gate_up_proj",)  # one Linear: [gate; up] (Phi-3)
 UP_NAMES = ("up_proj", "w3")
 IN_NAMES = ("c_fc", "dense_h_to_4h", "fc1", "fc_in")
 DOWN_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2")
@@ -46,14 +47,29 @@ class MLPSite:
     mlp: nn.Module
     gated: bool
     down: nn.Module
-    first: nn.Module  # gate_proj (gated) or the input projection (plain)
+    first: nn.Module  # gate_proj (gated), fused gate_up_proj, or the input projection (plain)
     act: nn.Module | None  # the activation module, if it is a per-layer module
     size: int  # number of neurons (intermediate size)
     up: nn.Module | None = None  # up_proj of a gated MLP
+    fused: bool = False  # first is one gate_up projection: gate = channels [0, I), up = [I, 2I)
 
-    def first_projections(self) -> list[nn.Module]:
-        """The projections whose output channel k is neuron k (gate and up, or the input)."""
-        return [self.first] + ([self.up] if self.up is not None else [])
+    def neuron_slices(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, tuple]]:
+        """(tensor, index) pairs of neurons ``idx`` in the projections before the activation:
+        rows of gate and up (``k`` and ``I + k`` of a fused gate_up), or of the input."""
+        if self.fused:
+            return out_slices(self.first, idx) + out_slices(self.first, idx + self.size)
+        projections = [self.first] + ([self.up] if self.up is not None else [])
+        return [s for proj in projections for s in out_slices(proj, idx)]
+
+    def gate_of(self, first_output: torch.Tensor) -> torch.Tensor:
+        """The gate pre-activations in the output of ``first`` (a view, never a copy)."""
+        return first_output[..., : self.size] if self.fused else first_output
+
+    def up_source(self) -> tuple[nn.Module, slice]:
+        """The module whose output holds ``W_up x`` (``W_in x`` of a plain MLP) and where."""
+        if self.fused:
+            return self.first, slice(self.size, 2 * self.size)
+        return (self.up if self.up is not None else self.first), slice(None)
 
     def down_weight(self) -> torch.Tensor:
         """Down-projection weight as ``[hidden, intermediate]`` (column k = neuron k)."""
@@ -117,7 +133,8 @@ def mlp_sites(model: nn.Module) -> list[MLPSite]:
     for i, block in enumerate(layers):
         mlp = child(block, MLP_NAMES)
         down = child(mlp, DOWN_NAMES)
-        gate = child(mlp, GATE_NAMES)
+        fused = child(mlp, FUSED_GATE_UP_NAMES)
+        gate = child(mlp, GATE_NAMES) if fused is None else fused
         first = gate if gate is not None else child(mlp, IN_NAMES)
         if down is None or first is None:
             raise ValueError(
@@ -125,9 +142,12 @@ def mlp_sites(model: nn.Module) -> list[MLPSite]:
                 f"(children: {[n for n, _ in mlp.named_children()]})"
             )
         act = child(mlp, ACT_NAMES)
-        up = child(mlp, UP_NAMES) if gate is not None else None
+        up = child(mlp, UP_NAMES) if gate is not None and fused is None else None
+        size = out_features(first) // (2 if fused is not None else 1)
         sites.append(
-            MLPSite(i, mlp, gate is not None, down, first, act, out_features(first), up=up)
+            MLPSite(
+                i, mlp, gate is not None, down, first, act, size, up=up, fused=fused is not None
+            )
         )
     acts = [s.act for s in sites if s.act is not None]
     if len({id(a) for a in acts}) < len(acts):  # one shared module: hooks can't tell layers apart

@@ -22,7 +22,8 @@ def activation_hooks(
 
     Gated MLPs hook the output of the per-layer ``act_fn`` module (or, if the
     architecture shares one activation module, apply it to ``gate_proj``'s
-    output); plain MLPs hook the input of the down projection. Hooks are
+    output, the gate half of a fused ``gate_up_proj``); plain MLPs hook the input
+    of the down projection. Hooks are
     removed when the context ends, whatever happens inside.
     """
     handles = []
@@ -30,6 +31,12 @@ def activation_hooks(
     def on_output(layer: int, fn: Callable | None):
         def hook(_module, _args, output):
             callback(layer, fn(output) if fn is not None else output)
+
+        return hook
+
+    def on_gate(site: MLPSite, fn: Callable):
+        def hook(_module, _args, output):
+            callback(site.layer, fn(site.gate_of(output)))
 
         return hook
 
@@ -47,7 +54,7 @@ def activation_hooks(
                 handles.append(s.act.register_forward_hook(on_output(s.layer, None)))
             else:
                 act_fn = s.mlp.act_fn
-                handles.append(s.first.register_forward_hook(on_output(s.layer, act_fn)))
+                handles.append(s.first.register_forward_hook(on_gate(s, act_fn)))
         yield
     finally:
         for h in handles:

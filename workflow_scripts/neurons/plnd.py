@@ -394,7 +394,8 @@ def plnd_scores(
     def ffn_hook(site: MLPSite) -> Callable:
         if variant == "paper":
             return lambda _m, args: store(site.layer, "ffn", ffn_importance(site, args[0]))
-        return lambda _m, _args, output: store(site.layer, "ffn", output.abs())
+        cols = site.up_source()[1]
+        return lambda _m, _args, output: store(site.layer, "ffn", output[..., cols].abs())
 
     def o_in_hook(site: AttentionSite, cache: dict[int, torch.Tensor]) -> Callable:
         def hook(_module, args):
@@ -437,7 +438,7 @@ def plnd_scores(
                 if variant == "paper":
                     handles.append(site.down.register_forward_pre_hook(ffn_hook(site)))
                 else:
-                    up = site.up if site.gated else site.first
+                    up, _ = site.up_source()
                     handles.append(up.register_forward_hook(ffn_hook(site)))
         if any(p in ATTENTION_PARTS for p in parts):
             o_cache: dict[int, torch.Tensor] = {}
