@@ -42,8 +42,8 @@ BUNDLED = REPO / "resources" / "corpus" / "bundled.parquet"
 SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
 CONFIGS = REPO / "tests" / "configs"
 
-ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom", "phi3"]
-GATED = {"qwen2": True, "llama": True, "mistral": True, "gemma3_text": True, "phi3": True}
+ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom", "phi3", "olmo2"]
+GATED = {a: True for a in ("qwen2", "llama", "mistral", "gemma3_text", "phi3", "olmo2")}
 # architecture id used by the tests -> (transformers model_type, extra spec)
 MODEL_CASES = {arch: (arch, {}) for arch in ARCHS}
 MODEL_CASES["qwen2_gqa"] = ("qwen2", {"num_heads": 4, "num_kv_heads": 2})

@@ -59,8 +59,12 @@ def widths(model, modules) -> dict[str, int]:
     """Units per layer of each module, read from the config and the raw projections."""
     out = {"mlp": mlp_width(model)}
     if any(m != "mlp" for m in modules):
-        attn = model.model.layers[0].self_attn
-        out |= {m: getattr(attn, f"{m}_proj").out_features for m in "qkv"}
+        attn, cfg = model.model.layers[0].self_attn, model.config
+        if hasattr(attn, "qkv_proj"):  # Phi-3: one [q; k; v] projection
+            kv = cfg.num_key_value_heads * attn.head_dim
+            out |= {"q": cfg.num_attention_heads * attn.head_dim, "k": kv, "v": kv}
+        else:
+            out |= {m: getattr(attn, f"{m}_proj").out_features for m in "qkv"}
         out["o"] = attn.o_proj.in_features
     return out
 
@@ -107,6 +111,11 @@ def zero_by_hand(model, units) -> torch.nn.Module:
                 block.mlp.down_proj.weight[:, i] = 0
             elif module == "o":
                 block.self_attn.o_proj.weight[:, i] = 0
+            elif hasattr(block.self_attn, "qkv_proj"):  # Phi-3: rows [q; k; v]
+                cfg, attn = model.config, block.self_attn
+                n_q = cfg.num_attention_heads * attn.head_dim
+                n_kv = cfg.num_key_value_heads * attn.head_dim
+                attn.qkv_proj.weight[{"q": 0, "k": n_q, "v": n_q + n_kv}[module] + i, :] = 0
             else:
                 proj = getattr(block.self_attn, f"{module}_proj")
                 proj.weight[i, :] = 0
@@ -115,7 +124,7 @@ def zero_by_hand(model, units) -> torch.nn.Module:
     return out
 
 
-@pytest.mark.parametrize("arch", ["qwen2_gqa", "llama", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["qwen2_gqa", "llama", "gemma3_text", "phi3"])
 def test_hooks_equal_weights_and_hand_zeroing(tiny_model, tiny_tokenizer, texts, arch):
     model = tiny_model(arch).double()
     units = mixed_units(model)
@@ -130,7 +139,7 @@ def test_hooks_equal_weights_and_hand_zeroing(tiny_model, tiny_tokenizer, texts,
     torch.testing.assert_close(hooked, by_hand, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", ["qwen2_gqa", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["qwen2_gqa", "gemma3_text", "phi3"])
 @pytest.mark.parametrize("module", ["mlp", "q", "k", "v", "o"])
 def test_each_module_alone_matches_hand_zeroing(tiny_model, tiny_tokenizer, texts, arch, module):
     model = tiny_model(arch).double()
@@ -142,10 +151,9 @@ def test_each_module_alone_matches_hand_zeroing(tiny_model, tiny_tokenizer, text
     torch.testing.assert_close(hooked, by_hand, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bloom", "phi3"])
-def test_mlp_only_units(tiny_model, tiny_tokenizer, texts, arch):
-    """Plain MLPs, and Phi-3's fused gate_up (its attention is one fused qkv: MLP units only)."""
-    assert (arch in GATED) is (arch == "phi3")
+@pytest.mark.parametrize("arch", ["gpt2", "bloom"])
+def test_plain_mlp_units(tiny_model, tiny_tokenizer, texts, arch):
+    assert arch not in GATED
     model = tiny_model(arch).double()
     units = mixed_units(model, modules=("mlp",), per=5)
     with deactivated(model, units, mode="hooks"):

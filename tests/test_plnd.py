@@ -49,6 +49,8 @@ CASES = {
     "llama_gqa": ("llama", 2),
     "gemma3": ("gemma3_text", 4),
     "gemma3_gqa": ("gemma3_text", 2),
+    "phi3": ("phi3", 4),  # fused gate_up MLP, fused concatenated [q; k; v]
+    "phi3_gqa": ("phi3", 2),
 }
 GQA_CASES = [c for c, (_, kv) in CASES.items() if kv < 4]
 RTOL, ATOL = 1e-6, 1e-12
@@ -185,6 +187,26 @@ def attn_out(attn, kw) -> torch.Tensor:
     return attn(**kw)[0]
 
 
+def proj_rows(site: AttentionSite, part: str, c: int) -> list[tuple]:
+    """The weight and bias rows of output channel ``c`` of q/k/v, by parameter name:
+    ``{part}_proj``, or row ``offset + c`` of a fused ``qkv_proj`` ``[q; k; v]`` (Phi-3)."""
+    attn = site.attn
+    if hasattr(attn, "qkv_proj"):
+        n_q, n_kv = site.n_heads * site.head_dim, site.n_kv_heads * site.head_dim
+        proj, c = attn.qkv_proj, c + {"q": 0, "k": n_q, "v": n_q + n_kv}[part]
+    else:
+        proj = getattr(attn, f"{part}_proj")
+    return [(proj.weight, c), (proj.bias, c)]
+
+
+def stock_qkv(site: AttentionSite, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    attn = site.attn
+    if hasattr(attn, "qkv_proj"):
+        n_q, n_kv = site.n_heads * site.head_dim, site.n_kv_heads * site.head_dim
+        return attn.qkv_proj(x).split([n_q, n_kv, n_kv], dim=-1)
+    return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+
+
 def direct_v_o(site: AttentionSite, kw) -> tuple[torch.Tensor, torch.Tensor]:
     """``([B, T, n_kv*D], [B, T, H*D])``: attention output change per zeroed V / O neuron."""
     x = kw["hidden_states"]
@@ -193,7 +215,7 @@ def direct_v_o(site: AttentionSite, kw) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         base = attn_out(site.attn, kw)
         for c in range(site.size("v")):
-            with zeroed((site.v.weight, c), (site.v.bias, c)):
+            with zeroed(*proj_rows(site, "v", c)):
                 v_imp[..., c] = (attn_out(site.attn, kw) - base).norm(dim=-1)
         for c in range(site.size("o")):
             with zeroed((site.o.weight, (slice(None), c))):
@@ -209,7 +231,7 @@ def direct_probs(site: AttentionSite, kw) -> tuple[torch.Tensor, torch.Tensor]:
     def heads(t):
         return t.view(bsz, seq, -1, site.head_dim).transpose(1, 2)
 
-    q, k, v = heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x))
+    q, k, v = (heads(t) for t in stock_qkv(site, x))
     if getattr(attn, "q_norm", None) is not None:
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = apply_rotary_pos_emb(q, k, *kw["position_embeddings"])
@@ -235,11 +257,11 @@ def direct_q_k(site: AttentionSite, kw) -> tuple[torch.Tensor, torch.Tensor]:
         base, _ = direct_probs(site, kw)
         for c in range(site.size("q")):
             h = c // dim
-            with zeroed((site.q.weight, c), (site.q.bias, c)):
+            with zeroed(*proj_rows(site, "q", c)):
                 new, _ = direct_probs(site, kw)
             q_imp[..., c] = (new[:, h] - base[:, h]).norm(dim=-1)
         for c in range(site.size("k")):
-            with zeroed((site.k.weight, c), (site.k.bias, c)):
+            with zeroed(*proj_rows(site, "k", c)):
                 new, _ = direct_probs(site, kw)
             k_imp[..., c] = (new - base).pow(2).sum(dim=(1, 3)).sqrt()
     return q_imp, k_imp
@@ -268,7 +290,7 @@ def test_attention_sites(tiny_tokenizer, case):
         assert sites[0].scaling == pytest.approx(8**-0.5)
 
 
-@pytest.mark.parametrize("case", ["gpt2", "bloom", "phi3"])
+@pytest.mark.parametrize("case", ["gpt2", "bloom"])
 def test_fused_attention_raises_but_ffn_works(tiny_tokenizer, case):
     model = build(tiny_tokenizer, case)
     with pytest.raises(NotImplementedError, match=r"parts=\('ffn',\)"):
@@ -522,3 +544,21 @@ def test_selection_helpers():
     counts = important_counts(batch, "l2", top_n=1)
     assert counts[key].tolist() == [1, 0, 0, 1]
     assert important_counts(batch, "sum", epsilon=0.85)[key].tolist() == [1, 1, 2, 1]
+
+
+def test_whole_projection_qk_norm_fails_early_and_v_o_work(tiny_tokenizer):
+    """OLMo 2 normalises q and k over the whole projection: Q/K importance refuses clearly,
+    before the forward pass; FFN, V and O still equal zeroing one neuron at a time."""
+    model = build(tiny_tokenizer, "olmo2")
+    enc = tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)
+    sites = attention_sites(model)
+    assert sites[0].qk_norm_over_projection()
+    with pytest.raises(NotImplementedError, match=r"whole projection .* parts \[ffn, v, o\]"):
+        plnd_scores(model, enc["input_ids"], enc["attention_mask"], parts=("q",))
+    r = capture(model, enc, parts=("ffn", "v", "o"))
+    for site in sites:
+        v_direct, o_direct = direct_v_o(site, r.attn_kw[site.layer])
+        assert_matches(r, site.layer, "v", v_direct)
+        assert_matches(r, site.layer, "o", o_direct)
+    for site in mlp_sites(model):
+        assert_matches(r, site.layer, "ffn", direct_ffn(site, r.mlp_in[site.layer]))

@@ -83,10 +83,11 @@ def _plan(
         bad = [i for i in indices if not 0 <= i < size]
         if bad:
             raise ValueError(f"deactivate: layer {layer} {module} has {size} units, not {bad[:5]}")
-        hooked = (
-            site.down if module == "mlp" else site.o if module == "o" else getattr(site, module)
-        )
-        idx = torch.tensor(indices, dtype=torch.long, device=execution_device(hooked))
+        if module in ("mlp", "o"):
+            hooked, offset = (site.down if module == "mlp" else site.o), 0
+        else:  # q/k/v: its own projection, or its offset in a fused qkv
+            hooked, offset = site.projection(module)
+        idx = torch.tensor(indices, dtype=torch.long, device=execution_device(hooked)) + offset
         if module == "mlp":
             plan.append(
                 ("pre", site.down, idx, site.neuron_slices(idx) + in_slices(site.down, idx))
@@ -94,8 +95,7 @@ def _plan(
         elif module == "o":
             plan.append(("pre", site.o, idx, in_slices(site.o, idx)))
         else:
-            proj = getattr(site, module)
-            plan.append(("out", proj, idx, out_slices(proj, idx)))
+            plan.append(("out", hooked, idx, out_slices(hooked, idx)))
     return plan
 
 

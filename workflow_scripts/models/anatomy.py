@@ -161,13 +161,14 @@ def mlp_sites(model: nn.Module) -> list[MLPSite]:
 
 @dataclass
 class AttentionSite:
-    """Where layer ``layer``'s attention neurons live (separate q/k/v/o projections)."""
+    """Where layer ``layer``'s attention neurons live: separate q/k/v projections, or one
+    fused ``qkv`` whose output is ``[q; k; v]`` concatenated (Phi-3), and ``o``."""
 
     layer: int
     attn: nn.Module
-    q: nn.Module
-    k: nn.Module
-    v: nn.Module
+    q: nn.Module | None  # None when fused into qkv
+    k: nn.Module | None
+    v: nn.Module | None
     o: nn.Module
     q_norm: nn.Module | None  # per-head RMSNorm after q_proj (Gemma 3), else None
     k_norm: nn.Module | None
@@ -178,6 +179,7 @@ class AttentionSite:
     causal: bool = True
     # kv head used by each query head; the stock convention (repeat_kv) is h // group
     kv_of_head: tuple[int, ...] = field(default=())
+    qkv: nn.Module | None = None  # one projection [q; k; v] (concatenated, not per head)
 
     def __post_init__(self) -> None:
         if not self.kv_of_head:
@@ -206,6 +208,28 @@ class AttentionSite:
         heads = self.n_kv_heads if part in ("k", "v") else self.n_heads
         return heads * self.head_dim
 
+    def qk_norm_over_projection(self) -> bool:
+        """True if q/k are normalised over the whole projection (OLMo 2), not per head."""
+        norm = self.q_norm if self.q_norm is not None else self.k_norm
+        width = getattr(norm, "weight", None)
+        return width is not None and width.shape[-1] != self.head_dim
+
+    def projection(self, part: str) -> tuple[nn.Module, int]:
+        """``(module, offset)``: output channel c of ``part`` (q, k or v) is channel
+        ``offset + c`` of ``module`` (the part's own projection, or the fused qkv)."""
+        if self.qkv is None:
+            return getattr(self, part), 0
+        offsets = {"q": 0, "k": self.size("q"), "v": self.size("q") + self.size("k")}
+        return self.qkv, offsets[part]
+
+    def project(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(q, k, v)`` projections of ``hidden`` (views of one output when fused)."""
+        if self.qkv is None:
+            return self.q(hidden), self.k(hidden), self.v(hidden)
+        out = self.qkv(hidden)
+        nq, nk = self.size("q"), self.size("k")
+        return out[..., :nq], out[..., nq : nq + nk], out[..., nq + nk :]
+
 
 def norm_eps(norm: nn.Module) -> float:
     for name in ("eps", "variance_epsilon"):
@@ -217,8 +241,10 @@ def norm_eps(norm: nn.Module) -> float:
 def attention_sites(model: nn.Module) -> list[AttentionSite]:
     """One :class:`AttentionSite` per decoder layer (llama, qwen2, mistral, gemma3).
 
-    Raises ``NotImplementedError`` for fused q/k/v projections (GPT-2, Bloom): score
-    those models with ``parts=("ffn",)``.
+    A fused ``qkv_proj`` ``nn.Linear`` with ``[q; k; v]`` concatenated (Phi-3) is read
+    through views. Raises ``NotImplementedError`` for other fused layouts (GPT-2's
+    ``Conv1D`` ``c_attn``, Bloom's per-head interleaved ``query_key_value``): score those
+    models with ``parts=("ffn",)``.
     """
     sites = []
     for i, block in enumerate(decoder_layers(model)):
@@ -226,12 +252,16 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
         if attn is None:
             raise ValueError(f"layer {i}: no attention module (looked for {ATTN_NAMES})")
         projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        qkv = getattr(attn, "qkv_proj", None)
+        if isinstance(qkv, nn.Linear) and isinstance(projs[3], nn.Linear):
+            sites.append(_fused_qkv_site(i, model, attn, qkv, projs[3]))
+            continue
         if any(not isinstance(p, nn.Linear) for p in projs):
             fused = [n for n in FUSED_QKV_NAMES if hasattr(attn, n)]
             raise NotImplementedError(
                 f"layer {i}: {type(attn).__name__} has no separate nn.Linear q_proj/k_proj/"
                 f"v_proj/o_proj (fused: {fused or 'unknown layout'}); PLND attention neurons "
-                "are supported for llama, qwen2, mistral and gemma3 only. "
+                "are supported for llama, qwen2, mistral, gemma3 and phi3 only. "
                 "Score the FFN alone with parts=('ffn',)."
             )
         q, k, v, o = projs
@@ -267,6 +297,38 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
             )
         )
     return sites
+
+
+def _fused_qkv_site(
+    layer: int, model: nn.Module, attn: nn.Module, qkv: nn.Linear, o: nn.Linear
+) -> AttentionSite:
+    """The site of a concatenated ``[q; k; v]`` projection; head counts from the config."""
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // n_heads
+    if qkv.out_features != (n_heads + 2 * n_kv) * head_dim or n_heads % n_kv:
+        raise ValueError(
+            f"layer {layer}: fused qkv_proj has {qkv.out_features} outputs, not "
+            f"({n_heads} + 2 x {n_kv}) x {head_dim}: not a concatenated [q; k; v] layout"
+        )
+    scaling = getattr(attn, "scaling", None)
+    return AttentionSite(
+        layer=layer,
+        attn=attn,
+        q=None,
+        k=None,
+        v=None,
+        o=o,
+        q_norm=None,
+        k_norm=None,
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        scaling=float(scaling) if scaling is not None else head_dim**-0.5,
+        causal=bool(getattr(attn, "is_causal", True)),
+        qkv=qkv,
+    )
 
 
 # ------------------------------------------------------------------ final norm and head

@@ -184,9 +184,7 @@ def attention_state(
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(bsz, seq, -1, site.head_dim).transpose(1, 2)
 
-    q_pre = heads(site.q(hidden_states))
-    k_pre = heads(site.k(hidden_states))
-    v = heads(site.v(hidden_states))
+    q_pre, k_pre, v = (heads(t) for t in site.project(hidden_states))
     q = site.q_norm(q_pre) if site.q_norm is not None else q_pre
     k = site.k_norm(k_pre) if site.k_norm is not None else k_pre
     q_pre, k_pre, q, k, v = (t.to(dtype) for t in (q_pre, k_pre, q, k, v))
@@ -447,6 +445,14 @@ def plnd_scores(
                     continue
                 handles.append(site.o.register_forward_pre_hook(o_in_hook(site, o_cache)))
                 if variant == "paper" and ("q" in parts or "k" in parts):
+                    if site.qk_norm_over_projection():
+                        width = (site.q_norm or site.k_norm).weight.shape[-1]
+                        raise NotImplementedError(
+                            f"layer {site.layer}: {type(site.attn).__name__} normalises q/k over "
+                            f"the whole projection (norm width {width}, head_dim "
+                            f"{site.head_dim}); PLND Q/K importance is exact for per-head q/k "
+                            "norms only: score this model with parts [ffn, v, o]"
+                        )
                     handles.append(
                         site.attn.register_forward_hook(attn_hook(site, o_cache), with_kwargs=True)
                     )
