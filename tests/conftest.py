@@ -42,11 +42,13 @@ BUNDLED = REPO / "resources" / "corpus" / "bundled.parquet"
 SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
 CONFIGS = REPO / "tests" / "configs"
 
-ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom", "phi3", "olmo2"]
+ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom", "phi3", "olmo2", "starcoder2"]
 GATED = {a: True for a in ("qwen2", "llama", "mistral", "gemma3_text", "phi3", "olmo2")}
 # architecture id used by the tests -> (transformers model_type, extra spec)
 MODEL_CASES = {arch: (arch, {}) for arch in ARCHS}
 MODEL_CASES["qwen2_gqa"] = ("qwen2", {"num_heads": 4, "num_kv_heads": 2})
+# plain GELU MLP with biases, attention biases, a sliding window shorter than the test texts
+MODEL_CASES["starcoder2"] = ("starcoder2", {"sliding_window": 4})
 MODEL_IDS = list(MODEL_CASES)
 
 TINY_SPEC = {
@@ -101,6 +103,8 @@ def make_model(tokenizer, arch: str = "qwen2", **spec_overrides):
     model_type, extra = MODEL_CASES[arch]
     spec = {**TINY_SPEC, **extra, **spec_overrides}
     config = build_config(model_type, tokenizer, spec)
+    if "sliding_window" in spec:
+        config.sliding_window = spec["sliding_window"]
     torch.manual_seed(0)
     from transformers import AutoModelForCausalLM
 
@@ -114,7 +118,7 @@ def direct_activation(model_type: str, mlp: torch.nn.Module, h: torch.Tensor) ->
     Independent of :mod:`workflow_scripts.models.anatomy`: gated MLPs ``act(h @ W_gate^T)``
     (SiLU; GELU-tanh for Gemma 3; Phi-3's gate is the first half of the rows of its fused
     ``gate_up_proj``), GPT-2 ``gelu_new(h @ W_fc + b)`` (Conv1D weight is ``[in, out]``),
-    Bloom ``gelu_tanh(h @ W^T + b)``.
+    Bloom and StarCoder2 ``gelu_tanh(h @ W^T + b)``.
     """
     if model_type == "phi3":
         w = mlp.gate_up_proj.weight
@@ -122,8 +126,8 @@ def direct_activation(model_type: str, mlp: torch.nn.Module, h: torch.Tensor) ->
     if model_type == "gpt2":
         pre = h @ mlp.c_fc.weight + mlp.c_fc.bias
         return 0.5 * pre * (1 + torch.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3)))
-    if model_type == "bloom":
-        lin = mlp.dense_h_to_4h
+    if model_type in ("bloom", "starcoder2"):
+        lin = mlp.dense_h_to_4h if model_type == "bloom" else mlp.c_fc
         return F.gelu(h @ lin.weight.T + lin.bias, approximate="tanh")
     gate = mlp.gate_proj
     pre = h @ gate.weight.T

@@ -100,7 +100,11 @@ def zero_by_hand(model, units) -> torch.nn.Module:
                 mlp.dense_4h_to_h.weight[:, i] = 0
                 continue
             block = out.model.layers[layer]
-            if module == "mlp" and arch == "phi3":  # fused [gate; up] rows
+            if module == "mlp" and arch == "starcoder2":  # plain MLP, nn.Linear [out, in]
+                block.mlp.c_fc.weight[i, :] = 0
+                block.mlp.c_fc.bias[i] = 0
+                block.mlp.c_proj.weight[:, i] = 0
+            elif module == "mlp" and arch == "phi3":  # fused [gate; up] rows
                 fused = block.mlp.gate_up_proj.weight
                 fused[i, :] = 0
                 fused[fused.shape[0] // 2 + i, :] = 0
@@ -124,7 +128,7 @@ def zero_by_hand(model, units) -> torch.nn.Module:
     return out
 
 
-@pytest.mark.parametrize("arch", ["qwen2_gqa", "llama", "gemma3_text", "phi3"])
+@pytest.mark.parametrize("arch", ["qwen2_gqa", "llama", "gemma3_text", "phi3", "starcoder2"])
 def test_hooks_equal_weights_and_hand_zeroing(tiny_model, tiny_tokenizer, texts, arch):
     model = tiny_model(arch).double()
     units = mixed_units(model)
