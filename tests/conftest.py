@@ -43,6 +43,7 @@ SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
 CONFIGS = REPO / "tests" / "configs"
 
 ARCHS = ["qwen2", "llama", "mistral", "gemma3_text", "gpt2", "bloom", "phi3", "olmo2", "starcoder2"]
+ARCHS.append("gpt_neox")  # Pythia: parallel blocks, partial rotary, interleaved qkv
 GATED = {a: True for a in ("qwen2", "llama", "mistral", "gemma3_text", "phi3", "olmo2")}
 # architecture id used by the tests -> (transformers model_type, extra spec)
 MODEL_CASES = {arch: (arch, {}) for arch in ARCHS}
@@ -118,7 +119,7 @@ def direct_activation(model_type: str, mlp: torch.nn.Module, h: torch.Tensor) ->
     Independent of :mod:`workflow_scripts.models.anatomy`: gated MLPs ``act(h @ W_gate^T)``
     (SiLU; GELU-tanh for Gemma 3; Phi-3's gate is the first half of the rows of its fused
     ``gate_up_proj``), GPT-2 ``gelu_new(h @ W_fc + b)`` (Conv1D weight is ``[in, out]``),
-    Bloom and StarCoder2 ``gelu_tanh(h @ W^T + b)``.
+    Bloom and StarCoder2 ``gelu_tanh(h @ W^T + b)``, GPT-NeoX ``gelu(h @ W^T + b)``.
     """
     if model_type == "phi3":
         w = mlp.gate_up_proj.weight
@@ -129,6 +130,8 @@ def direct_activation(model_type: str, mlp: torch.nn.Module, h: torch.Tensor) ->
     if model_type in ("bloom", "starcoder2"):
         lin = mlp.dense_h_to_4h if model_type == "bloom" else mlp.c_fc
         return F.gelu(h @ lin.weight.T + lin.bias, approximate="tanh")
+    if model_type == "gpt_neox":  # exact GELU
+        return F.gelu(h @ mlp.dense_h_to_4h.weight.T + mlp.dense_h_to_4h.bias)
     gate = mlp.gate_proj
     pre = h @ gate.weight.T
     if gate.bias is not None:

@@ -93,8 +93,8 @@ def zero_by_hand(model, units) -> torch.nn.Module:
                 mlp.c_fc.bias[i] = 0
                 mlp.c_proj.weight[i, :] = 0
                 continue
-            if arch == "bloom":
-                mlp = out.transformer.h[layer].mlp
+            if arch in ("bloom", "gpt_neox"):
+                mlp = (out.transformer.h if arch == "bloom" else out.gpt_neox.layers)[layer].mlp
                 mlp.dense_h_to_4h.weight[i, :] = 0
                 mlp.dense_h_to_4h.bias[i] = 0
                 mlp.dense_4h_to_h.weight[:, i] = 0
@@ -155,7 +155,7 @@ def test_each_module_alone_matches_hand_zeroing(tiny_model, tiny_tokenizer, text
     torch.testing.assert_close(hooked, by_hand, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bloom"])
+@pytest.mark.parametrize("arch", ["gpt2", "bloom", "gpt_neox"])
 def test_plain_mlp_units(tiny_model, tiny_tokenizer, texts, arch):
     assert arch not in GATED
     model = tiny_model(arch).double()

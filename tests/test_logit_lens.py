@@ -29,6 +29,7 @@ _S = synthetic_sentences(seed=2)
 TEXTS = [_S["fr"][0], _S["en"][1][:15], _S["zh"][2], " ".join(_S["de"][3:5]), _S["ru"][4][:10]]
 # where each architecture keeps its final norm: (attribute of the model, attribute of that)
 NORM_PATH = {"gpt2": ("transformer", "ln_f"), "bloom": ("transformer", "ln_f")}
+NORM_PATH["gpt_neox"] = ("gpt_neox", "final_layer_norm")
 
 
 class StubClassifier:

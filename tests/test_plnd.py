@@ -291,7 +291,7 @@ def test_attention_sites(tiny_tokenizer, case):
         assert sites[0].scaling == pytest.approx(8**-0.5)
 
 
-@pytest.mark.parametrize("case", ["gpt2", "bloom"])
+@pytest.mark.parametrize("case", ["gpt2", "bloom", "gpt_neox"])
 def test_fused_attention_raises_but_ffn_works(tiny_tokenizer, case):
     model = build(tiny_tokenizer, case)
     with pytest.raises(NotImplementedError, match=r"parts=\('ffn',\)"):
