@@ -59,7 +59,10 @@ def widths(model, modules) -> dict[str, int]:
     """Units per layer of each module, read from the config and the raw projections."""
     out = {"mlp": mlp_width(model)}
     if any(m != "mlp" for m in modules):
-        attn, cfg = model.model.layers[0].self_attn, model.config
+        cfg = model.config
+        if cfg.model_type in ("bloom", "gpt_neox"):  # per-head [q_h; k_h; v_h], no GQA
+            return out | {m: cfg.hidden_size for m in "qkvo"}
+        attn = model.model.layers[0].self_attn
         if hasattr(attn, "qkv_proj"):  # Phi-3: one [q; k; v] projection
             kv = cfg.num_key_value_heads * attn.head_dim
             out |= {"q": cfg.num_attention_heads * attn.head_dim, "k": kv, "v": kv}
@@ -94,10 +97,19 @@ def zero_by_hand(model, units) -> torch.nn.Module:
                 mlp.c_proj.weight[i, :] = 0
                 continue
             if arch in ("bloom", "gpt_neox"):
-                mlp = (out.transformer.h if arch == "bloom" else out.gpt_neox.layers)[layer].mlp
-                mlp.dense_h_to_4h.weight[i, :] = 0
-                mlp.dense_h_to_4h.bias[i] = 0
-                mlp.dense_4h_to_h.weight[:, i] = 0
+                block = (out.transformer.h if arch == "bloom" else out.gpt_neox.layers)[layer]
+                attn = getattr(block, "self_attention", None) or block.attention
+                if module == "mlp":
+                    block.mlp.dense_h_to_4h.weight[i, :] = 0
+                    block.mlp.dense_h_to_4h.bias[i] = 0
+                    block.mlp.dense_4h_to_h.weight[:, i] = 0
+                elif module == "o":
+                    attn.dense.weight[:, i] = 0
+                else:  # row of head h, dim d in the per-head [q_h; k_h; v_h] layout
+                    dim = model.config.hidden_size // model.config.num_attention_heads
+                    row = (i // dim) * 3 * dim + "qkv".index(module) * dim + i % dim
+                    attn.query_key_value.weight[row, :] = 0
+                    attn.query_key_value.bias[row] = 0
                 continue
             block = out.model.layers[layer]
             if module == "mlp" and arch == "starcoder2":  # plain MLP, nn.Linear [out, in]
@@ -128,7 +140,9 @@ def zero_by_hand(model, units) -> torch.nn.Module:
     return out
 
 
-@pytest.mark.parametrize("arch", ["qwen2_gqa", "llama", "gemma3_text", "phi3", "starcoder2"])
+@pytest.mark.parametrize(
+    "arch", ["qwen2_gqa", "llama", "gemma3_text", "phi3", "starcoder2", "gpt_neox", "bloom"]
+)
 def test_hooks_equal_weights_and_hand_zeroing(tiny_model, tiny_tokenizer, texts, arch):
     model = tiny_model(arch).double()
     units = mixed_units(model)

@@ -84,10 +84,11 @@ def _plan(
         if bad:
             raise ValueError(f"deactivate: layer {layer} {module} has {size} units, not {bad[:5]}")
         if module in ("mlp", "o"):
-            hooked, offset = (site.down if module == "mlp" else site.o), 0
-        else:  # q/k/v: its own projection, or its offset in a fused qkv
-            hooked, offset = site.projection(module)
-        idx = torch.tensor(indices, dtype=torch.long, device=execution_device(hooked)) + offset
+            hooked = site.down if module == "mlp" else site.o
+            idx = torch.tensor(indices, dtype=torch.long, device=execution_device(hooked))
+        else:  # q/k/v: channels of its own projection, or of the fused qkv
+            hooked, channels = site.projection(module, execution_device(site.o))
+            idx = channels[torch.tensor(indices, dtype=torch.long, device=channels.device)]
         if module == "mlp":
             plan.append(
                 ("pre", site.down, idx, site.neuron_slices(idx) + in_slices(site.down, idx))

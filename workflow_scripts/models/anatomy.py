@@ -162,7 +162,8 @@ def mlp_sites(model: nn.Module) -> list[MLPSite]:
 @dataclass
 class AttentionSite:
     """Where layer ``layer``'s attention neurons live: separate q/k/v projections, or one
-    fused ``qkv`` whose output is ``[q; k; v]`` concatenated (Phi-3), and ``o``."""
+    fused ``qkv`` whose output is ``[q; k; v]`` concatenated (Phi-3) or interleaved per
+    head (GPT-NeoX, Bloom), and ``o``."""
 
     layer: int
     attn: nn.Module
@@ -179,7 +180,8 @@ class AttentionSite:
     causal: bool = True
     # kv head used by each query head; the stock convention (repeat_kv) is h // group
     kv_of_head: tuple[int, ...] = field(default=())
-    qkv: nn.Module | None = None  # one projection [q; k; v] (concatenated, not per head)
+    qkv: nn.Module | None = None  # one fused projection of q, k and v
+    qkv_layout: str = "separate"  # "concat": [q; k; v]; "interleaved": per head [q_h; k_h; v_h]
 
     def __post_init__(self) -> None:
         if not self.kv_of_head:
@@ -214,21 +216,33 @@ class AttentionSite:
         width = getattr(norm, "weight", None)
         return width is not None and width.shape[-1] != self.head_dim
 
-    def projection(self, part: str) -> tuple[nn.Module, int]:
-        """``(module, offset)``: output channel c of ``part`` (q, k or v) is channel
-        ``offset + c`` of ``module`` (the part's own projection, or the fused qkv)."""
+    def projection(
+        self, part: str, device: torch.device | str = "cpu"
+    ) -> tuple[nn.Module, torch.Tensor]:
+        """``(module, channels)``: output channel c of ``part`` (q, k or v) is channel
+        ``channels[c]`` of ``module``: its own projection, or the fused qkv (concatenated
+        ``[q; k; v]``, or per head ``[q_h; k_h; v_h]``)."""
+        n = self.size(part)
         if self.qkv is None:
-            return getattr(self, part), 0
-        offsets = {"q": 0, "k": self.size("q"), "v": self.size("q") + self.size("k")}
-        return self.qkv, offsets[part]
+            return getattr(self, part), torch.arange(n, device=device)
+        if self.qkv_layout == "concat":
+            offset = {"q": 0, "k": self.size("q"), "v": self.size("q") + self.size("k")}[part]
+            return self.qkv, torch.arange(n, device=device) + offset
+        d = self.head_dim  # interleaved: no grouped-query attention (n_kv == n_heads)
+        c = torch.arange(n, device=device)
+        return self.qkv, (c // d) * 3 * d + "qkv".index(part) * d + c % d
 
     def project(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(q, k, v)`` projections of ``hidden`` (views of one output when fused)."""
+        """``(q, k, v)`` projections ``[B, T, heads * head_dim]`` of ``hidden`` (views of one
+        output when fused)."""
         if self.qkv is None:
             return self.q(hidden), self.k(hidden), self.v(hidden)
         out = self.qkv(hidden)
-        nq, nk = self.size("q"), self.size("k")
-        return out[..., :nq], out[..., nq : nq + nk], out[..., nq + nk :]
+        if self.qkv_layout == "concat":
+            nq, nk = self.size("q"), self.size("k")
+            return out[..., :nq], out[..., nq : nq + nk], out[..., nq + nk :]
+        per_head = out.view(*out.shape[:-1], self.n_heads, 3 * self.head_dim)
+        return tuple(t.flatten(-2) for t in per_head.chunk(3, dim=-1))
 
 
 def norm_eps(norm: nn.Module) -> float:
@@ -241,10 +255,10 @@ def norm_eps(norm: nn.Module) -> float:
 def attention_sites(model: nn.Module) -> list[AttentionSite]:
     """One :class:`AttentionSite` per decoder layer (llama, qwen2, mistral, gemma3).
 
-    A fused ``qkv_proj`` ``nn.Linear`` with ``[q; k; v]`` concatenated (Phi-3) is read
-    through views. Raises ``NotImplementedError`` for other fused layouts (GPT-2's
-    ``Conv1D`` ``c_attn``, Bloom's per-head interleaved ``query_key_value``): score those
-    models with ``parts=("ffn",)``.
+    A fused ``nn.Linear`` qkv is read through views: ``qkv_proj`` ``[q; k; v]``
+    concatenated (Phi-3), ``query_key_value`` interleaved per head (GPT-NeoX, Bloom).
+    Raises ``NotImplementedError`` for GPT-2's ``Conv1D`` ``c_attn``: score it with
+    ``parts=("ffn",)``.
     """
     sites = []
     for i, block in enumerate(decoder_layers(model)):
@@ -252,16 +266,17 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
         if attn is None:
             raise ValueError(f"layer {i}: no attention module (looked for {ATTN_NAMES})")
         projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        qkv = getattr(attn, "qkv_proj", None)
-        if isinstance(qkv, nn.Linear) and isinstance(projs[3], nn.Linear):
-            sites.append(_fused_qkv_site(i, model, attn, qkv, projs[3]))
+        fused = _fused_qkv_site(i, model, attn)
+        if fused is not None:
+            sites.append(fused)
             continue
         if any(not isinstance(p, nn.Linear) for p in projs):
             fused = [n for n in FUSED_QKV_NAMES if hasattr(attn, n)]
             raise NotImplementedError(
                 f"layer {i}: {type(attn).__name__} has no separate nn.Linear q_proj/k_proj/"
                 f"v_proj/o_proj (fused: {fused or 'unknown layout'}); PLND attention neurons "
-                "are supported for llama, qwen2, mistral, gemma3 and phi3 only. "
+                "are supported for llama, qwen2, mistral, gemma3, olmo2, starcoder2, phi3, "
+                "gpt_neox and bloom. "
                 "Score the FFN alone with parts=('ffn',)."
             )
         q, k, v, o = projs
@@ -299,18 +314,34 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
     return sites
 
 
-def _fused_qkv_site(
-    layer: int, model: nn.Module, attn: nn.Module, qkv: nn.Linear, o: nn.Linear
-) -> AttentionSite:
-    """The site of a concatenated ``[q; k; v]`` projection; head counts from the config."""
-    cfg = model.config
-    n_heads = cfg.num_attention_heads
+FUSED_QKV_LAYOUTS = {  # fused name -> (layout, output projection name)
+    "qkv_proj": ("concat", "o_proj"),  # Phi-3
+    "query_key_value": ("interleaved", "dense"),  # GPT-NeoX, Bloom
+}
+
+
+def _fused_qkv_site(layer: int, model: nn.Module, attn: nn.Module) -> AttentionSite | None:
+    """The site of a fused ``nn.Linear`` qkv projection (None if ``attn`` has none);
+    head counts from the config, the output width checked against the layout."""
+    found = [
+        (name, layout, getattr(attn, name), getattr(attn, o_name))
+        for name, (layout, o_name) in FUSED_QKV_LAYOUTS.items()
+        if isinstance(getattr(attn, name, None), nn.Linear)
+        and isinstance(getattr(attn, o_name, None), nn.Linear)
+    ]
+    if not found:
+        return None
+    name, layout, qkv, o = found[0]
+    cfg = getattr(model.config, "text_config", None) or model.config
+    n_heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // n_heads
+    if layout == "interleaved" and n_kv != n_heads:
+        raise NotImplementedError(f"layer {layer}: interleaved {name} with grouped-query heads")
     if qkv.out_features != (n_heads + 2 * n_kv) * head_dim or n_heads % n_kv:
         raise ValueError(
-            f"layer {layer}: fused qkv_proj has {qkv.out_features} outputs, not "
-            f"({n_heads} + 2 x {n_kv}) x {head_dim}: not a concatenated [q; k; v] layout"
+            f"layer {layer}: fused {name} has {qkv.out_features} outputs, not "
+            f"({n_heads} + 2 x {n_kv}) x {head_dim} ({layout} q, k, v)"
         )
     scaling = getattr(attn, "scaling", None)
     return AttentionSite(
@@ -328,6 +359,7 @@ def _fused_qkv_site(
         scaling=float(scaling) if scaling is not None else head_dim**-0.5,
         causal=bool(getattr(attn, "is_causal", True)),
         qkv=qkv,
+        qkv_layout=layout,
     )
 
 

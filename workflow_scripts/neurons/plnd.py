@@ -41,6 +41,7 @@ attention output magnitude, read here as ``q[h*D + d] = |o_in[h*D + d]|`` and
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -101,9 +102,15 @@ def v_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(0).sqrt().reshape(bsz, seq, site.n_kv_heads * dim)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rotate_half(x: torch.Tensor, rotary: int | None = None) -> torch.Tensor:
+    """RoPE's rotate-half over the first ``rotary`` dims (all by default); zeros beyond,
+    where (partial rotary) the padded ``sin`` is 0 and ``cos`` is 1."""
+    r = x.shape[-1] if rotary is None else rotary
+    half = r // 2
+    rotated = torch.cat((-x[..., half:r], x[..., :half]), dim=-1)
+    if r == x.shape[-1]:
+        return rotated
+    return torch.cat((rotated, torch.zeros_like(x[..., r:])), dim=-1)
 
 
 def _rms_factor(pre: torch.Tensor, norm: nn.Module | None) -> torch.Tensor | None:
@@ -154,6 +161,7 @@ class AttentionState:
     bias: torch.Tensor  # additive mask [B, 1|H, T, T]
     raw: torch.Tensor  # scaled scores before the mask, [B, H, T, T]
     probs: torch.Tensor  # softmax(raw + bias)
+    rotary: int  # rotated dims (head_dim, or fewer: partial rotary; cos/sin padded)
 
     def o_in(self, site: AttentionSite) -> torch.Tensor:
         """``[B, T, H*D]``: the o_proj input implied by these probabilities."""
@@ -189,14 +197,21 @@ def attention_state(
     k = site.k_norm(k_pre) if site.k_norm is not None else k_pre
     q_pre, k_pre, q, k, v = (t.to(dtype) for t in (q_pre, k_pre, q, k, v))
     cos, sin = (t.to(dtype) for t in position_embeddings)
-    if cos.shape[-1] != site.head_dim:
-        raise NotImplementedError(f"layer {site.layer}: partial rotary ({cos.shape[-1]} dims)")
-    q_rot = q * cos[:, None] + _rotate_half(q) * sin[:, None]
-    k_rot = k * cos[:, None] + _rotate_half(k) * sin[:, None]
+    rotary = cos.shape[-1]
+    if rotary > site.head_dim or rotary % 2:
+        raise NotImplementedError(
+            f"layer {site.layer}: rotary over {rotary} of {site.head_dim} dims"
+        )
+    if rotary < site.head_dim:  # partial rotary: the other dims pass through (cos 1, sin 0)
+        rest = site.head_dim - rotary
+        cos = torch.cat((cos, cos.new_ones(*cos.shape[:-1], rest)), dim=-1)
+        sin = torch.cat((sin, sin.new_zeros(*sin.shape[:-1], rest)), dim=-1)
+    q_rot = q * cos[:, None] + _rotate_half(q, rotary) * sin[:, None]
+    k_rot = k * cos[:, None] + _rotate_half(k, rotary) * sin[:, None]
     raw = q_rot @ k_rot[:, site.kv_index(k_rot.device)].transpose(-1, -2) * site.scaling
     bias = _additive_mask(attention_mask, bsz, seq, dtype, raw.device, site.causal)
     probs = torch.softmax(raw + bias, dim=-1)
-    return AttentionState(q_pre, q, q_rot, k_pre, k, k_rot, v, cos, sin, bias, raw, probs)
+    return AttentionState(q_pre, q, q_rot, k_pre, k, k_rot, v, cos, sin, bias, raw, probs, rotary)
 
 
 def _chunks(n: int, size: int) -> Iterable[slice]:
@@ -235,7 +250,7 @@ def qk_importance(
         imp = st.q.new_zeros(bsz, seq, heads * dim)
         for h in range(heads):
             g = site.kv_of_head[h]
-            k_rot, k_rh = st.k_rot[:, g], _rotate_half(st.k_rot[:, g])
+            k_rot, k_rh = st.k_rot[:, g], _rotate_half(st.k_rot[:, g], st.rotary)
             for dc in _chunks(dim, chunk):
                 # delta[t, t'] = s q[t] (R_t^T k_rot[t'])  with  R_t^T k_rot = k_rot cos_t - k_rh sin_t
                 #              = [s q cos_t, -s q sin_t] . [k_rot[t'], k_rh[t']]: one batched matmul
@@ -254,7 +269,7 @@ def qk_importance(
         sq = st.k.new_zeros(bsz, seq, site.n_kv_heads * dim)
         for h in range(heads):
             g = site.kv_of_head[h]
-            q_rot, q_rh = st.q_rot[:, h], _rotate_half(st.q_rot[:, h])
+            q_rot, q_rh = st.q_rot[:, h], _rotate_half(st.q_rot[:, h], st.rotary)
             for dc in _chunks(dim, chunk):
                 # delta[t, t'] = s k[t'] (R_t'^T q_rot[t])  with  R_t'^T q_rot = q_rot cos_t' - q_rh sin_t'
                 #              = [q_rot[t], q_rh[t]] . [s k cos_t', -s k sin_t']: one batched matmul
@@ -411,10 +426,12 @@ def plnd_scores(
         return hook
 
     def attn_hook(site: AttentionSite, cache: dict[int, torch.Tensor]) -> Callable:
+        # the positional parameters of this module's own forward (Llama: hidden_states,
+        # position_embeddings, attention_mask; GPT-NeoX and Bloom order them otherwise)
+        names = list(inspect.signature(type(site.attn).forward).parameters)[1:]
+
         def hook(_module, args, kwargs, _output):
-            # stock signature: (hidden_states, position_embeddings, attention_mask, ...)
-            names = ("hidden_states", "position_embeddings", "attention_mask")
-            named = dict(zip(names, args[:3], strict=False))
+            named = dict(zip(names, args, strict=False))
             named.update(kwargs)
             x = named["hidden_states"]
             st = attention_state(
