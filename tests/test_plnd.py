@@ -55,6 +55,7 @@ CASES = {
     "phi3_gqa": ("phi3", 2),
     "starcoder2": ("starcoder2", 2),  # biases everywhere, sliding window 4
     "gpt_neox": ("gpt_neox", 4),  # per-head interleaved qkv, partial rotary, parallel blocks
+    "olmo2": ("olmo2", 2),  # q/k RMSNorm over the whole projection, post-norms
 }
 GQA_CASES = [c for c, (_, kv) in CASES.items() if kv < 4]
 RTOL, ATOL = 1e-6, 1e-12
@@ -62,11 +63,18 @@ ATTN_KW = ("hidden_states", "position_embeddings", "attention_mask")
 
 
 def _float64_rmsnorm(norm: torch.nn.Module) -> None:
-    """Gemma3RMSNorm upcasts to float32 only; make it compute in the input dtype (float64)."""
+    """Gemma 3's and OLMo 2's RMSNorms compute in float32; make them compute in the input
+    dtype (float64), the same function otherwise."""
 
-    def forward(self, x):
+    def gemma(self, x):
         return self._norm(x) * (1.0 + self.weight)
 
+    def olmo(self, x):
+        return self.weight * (
+            x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        )
+
+    forward = gemma if type(norm).__name__ == "Gemma3RMSNorm" else olmo
     norm.forward = types.MethodType(forward, norm)
 
 
@@ -86,7 +94,7 @@ def build(tokenizer, case: str) -> torch.nn.Module:
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     for module in model.modules():
-        if type(module).__name__ == "Gemma3RMSNorm":
+        if type(module).__name__ in ("Gemma3RMSNorm", "Olmo2RMSNorm"):
             _float64_rmsnorm(module)
     return model
 
@@ -240,8 +248,12 @@ def direct_probs(site: AttentionSite, kw) -> tuple[torch.Tensor, torch.Tensor]:
     def heads(t):
         return t.view(bsz, seq, -1, site.head_dim).transpose(1, 2)
 
-    q, k, v = (heads(t) for t in stock_qkv(site, x))
-    if getattr(attn, "q_norm", None) is not None:
+    q, k, v = stock_qkv(site, x)
+    norm = getattr(attn, "q_norm", None)
+    if norm is not None and norm.weight.shape[-1] != site.head_dim:  # OLMo 2: whole projection
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = heads(q), heads(k), heads(v)
+    if norm is not None and norm.weight.shape[-1] == site.head_dim:  # Gemma 3: per head
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = apply_rotary_pos_emb(q, k, *kw["position_embeddings"])
     group = q.shape[1] // k.shape[1]
@@ -254,21 +266,18 @@ def direct_probs(site: AttentionSite, kw) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def direct_q_k(site: AttentionSite, kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query position, the norm of the change of the attention rows per zeroed Q / K dim.
-
-    K: over all heads (heads outside the kv group do not change), no mapping assumed.
-    """
+    """Per query position, the norm of the change of the attention rows per zeroed Q / K dim,
+    over all heads (no mapping assumed; with per-head q norms only the dim's own head
+    changes, with OLMo 2's whole-projection norms every head does)."""
     x = kw["hidden_states"]
     q_imp = x.new_zeros(*x.shape[:2], site.size("q"))
     k_imp = x.new_zeros(*x.shape[:2], site.size("k"))
-    dim = site.head_dim
     with torch.no_grad():
         base, _ = direct_probs(site, kw)
         for c in range(site.size("q")):
-            h = c // dim
             with zeroed(*proj_rows(site, "q", c)):
                 new, _ = direct_probs(site, kw)
-            q_imp[..., c] = (new[:, h] - base[:, h]).norm(dim=-1)
+            q_imp[..., c] = (new - base).pow(2).sum(dim=(1, 3)).sqrt()
         for c in range(site.size("k")):
             with zeroed(*proj_rows(site, "k", c)):
                 new, _ = direct_probs(site, kw)
@@ -291,7 +300,7 @@ def test_attention_sites(tiny_tokenizer, case):
         assert s.kv_of_head == ((0, 0, 1, 1) if kv == 2 else (0, 1, 2, 3))
         assert s.heads_of_kv().tolist() == ([[0, 1], [2, 3]] if kv == 2 else [[0], [1], [2], [3]])
         assert (s.size("q"), s.size("k"), s.size("v"), s.size("o")) == (32, 8 * kv, 8 * kv, 32)
-        assert (s.q_norm is not None) == case.startswith("gemma3")
+        assert (s.q_norm is not None) == case.startswith(("gemma3", "olmo2"))
     if case.startswith("gemma3"):
         assert sites[0].scaling == pytest.approx(model.config.query_pre_attn_scalar**-0.5)
         assert sites[0].scaling != 8**-0.5
@@ -556,22 +565,10 @@ def test_selection_helpers():
     assert important_counts(batch, "sum", epsilon=0.85)[key].tolist() == [1, 1, 2, 1]
 
 
-def test_whole_projection_qk_norm_fails_early_and_v_o_work(tiny_tokenizer):
-    """OLMo 2 normalises q and k over the whole projection: Q/K importance refuses clearly,
-    before the forward pass; FFN, V and O still equal zeroing one neuron at a time."""
-    model = build(tiny_tokenizer, "olmo2")
-    enc = tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)
-    sites = attention_sites(model)
-    assert sites[0].qk_norm_over_projection()
-    with pytest.raises(NotImplementedError, match=r"whole projection .* parts \[ffn, v, o\]"):
-        plnd_scores(model, enc["input_ids"], enc["attention_mask"], parts=("q",))
-    r = capture(model, enc, parts=("ffn", "v", "o"))
-    for site in sites:
-        v_direct, o_direct = direct_v_o(site, r.attn_kw[site.layer])
-        assert_matches(r, site.layer, "v", v_direct)
-        assert_matches(r, site.layer, "o", o_direct)
-    for site in mlp_sites(model):
-        assert_matches(r, site.layer, "ffn", direct_ffn(site, r.mlp_in[site.layer]))
+def test_qk_norm_scope(tiny_tokenizer):
+    """Gemma 3 normalises q/k per head, OLMo 2 over the whole projection (both in CASES)."""
+    assert not attention_sites(build(tiny_tokenizer, "gemma3"))[0].qk_norm_over_projection()
+    assert attention_sites(build(tiny_tokenizer, "olmo2"))[0].qk_norm_over_projection()
 
 
 def test_bloom_v_o_by_whole_model_forward_and_q_k_refused(tiny_tokenizer):

@@ -113,12 +113,17 @@ def _rotate_half(x: torch.Tensor, rotary: int | None = None) -> torch.Tensor:
     return torch.cat((rotated, torch.zeros_like(x[..., r:])), dim=-1)
 
 
-def _rms_factor(pre: torch.Tensor, norm: nn.Module | None) -> torch.Tensor | None:
-    """``rms(x) / rms(x without channel d)`` per channel d, for an RMSNorm over head_dim."""
+def _rms_factor(
+    pre: torch.Tensor, norm: nn.Module | None, whole: bool = False
+) -> torch.Tensor | None:
+    """``rms(x) / rms(x without channel d)`` per channel, ``pre`` ``[B, heads, T, D]``: for
+    an RMSNorm over head_dim, or (``whole``) over the whole projection (all heads)."""
     if norm is None:
         return None
-    ms = pre.pow(2).mean(-1, keepdim=True) + norm_eps(norm)
-    return (1 - pre.pow(2) / (pre.shape[-1] * ms)).rsqrt()
+    dims = (1, -1) if whole else (-1,)
+    n = pre.shape[1] * pre.shape[-1] if whole else pre.shape[-1]
+    ms = pre.pow(2).mean(dims, keepdim=True) + norm_eps(norm)
+    return (1 - pre.pow(2) / (n * ms)).rsqrt()
 
 
 def _additive_mask(
@@ -192,9 +197,14 @@ def attention_state(
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(bsz, seq, -1, site.head_dim).transpose(1, 2)
 
-    q_pre, k_pre, v = (heads(t) for t in site.project(hidden_states))
-    q = site.q_norm(q_pre) if site.q_norm is not None else q_pre
-    k = site.k_norm(k_pre) if site.k_norm is not None else k_pre
+    q_flat, k_flat, v_flat = site.project(hidden_states)
+    q_pre, k_pre, v = heads(q_flat), heads(k_flat), heads(v_flat)
+    whole = site.qk_norm_over_projection()  # OLMo 2: the norm before the split into heads
+    q, k = q_pre, k_pre
+    if site.q_norm is not None:
+        q = heads(site.q_norm(q_flat)) if whole else site.q_norm(q_pre)
+    if site.k_norm is not None:
+        k = heads(site.k_norm(k_flat)) if whole else site.k_norm(k_pre)
     q_pre, k_pre, q, k, v = (t.to(dtype) for t in (q_pre, k_pre, q, k, v))
     cos, sin = (t.to(dtype) for t in position_embeddings)
     rotary = cos.shape[-1]
@@ -228,13 +238,18 @@ def qk_importance(
     """Per-token Q ``[B, T, H*D]`` and K ``[B, T, n_kv*D]`` importance (see module doc).
 
     For each head, all its dims are handled at once in chunks of ``c`` dims such that
-    ``B * c * T * T <= max_elements``.
+    ``B * c * T * T <= max_elements``. With q/k norms over the whole projection (OLMo 2)
+    removing one channel rescales every head's scores (by ``rms / rms_without_c``), so the
+    importance also sums the row changes of the other heads: the norm over all heads of
+    the change of the attention rows, which for per-head norms is the head's own row.
     """
     parts = set(parts)
     bsz, heads, seq, dim = st.q.shape
     chunk = max(1, min(dim, max_elements // max(1, bsz * seq * seq)))
     s = site.scaling
-    q_fac, k_fac = _rms_factor(st.q_pre, site.q_norm), _rms_factor(st.k_pre, site.k_norm)
+    whole = site.qk_norm_over_projection()
+    q_fac = _rms_factor(st.q_pre, site.q_norm, whole)
+    k_fac = _rms_factor(st.k_pre, site.k_norm, whole)
 
     def by_dim(x: torch.Tensor) -> torch.Tensor:  # [B, T, c] -> [B, c, T]
         return x.transpose(1, 2)
@@ -262,8 +277,14 @@ def qk_importance(
                 new_raw = st.raw[:, h][:, None] - rows @ cols.transpose(-1, -2)
                 if q_fac is not None:
                     new_raw = new_raw * by_dim(q_fac[:, h][..., dc])[..., None]
+                change = row_change(h, new_raw)
+                if whole and q_fac is not None:  # every other head's scores scale too
+                    f = by_dim(q_fac[:, h][..., dc])[..., None]  # [B, c, T, 1] per query
+                    for h2 in range(heads):
+                        if h2 != h:
+                            change = change + row_change(h2, st.raw[:, h2][:, None] * f)
                 cols_out = slice(h * dim + dc.start, h * dim + dc.stop)
-                imp[..., cols_out] = row_change(h, new_raw).sqrt().transpose(1, 2)
+                imp[..., cols_out] = change.sqrt().transpose(1, 2)
         out["q"] = imp
     if "k" in parts:
         sq = st.k.new_zeros(bsz, seq, site.n_kv_heads * dim)
@@ -283,6 +304,15 @@ def qk_importance(
                     new_raw = new_raw * by_dim(k_fac[:, g][..., dc])[:, :, None, :]
                 cols_out = slice(g * dim + dc.start, g * dim + dc.stop)
                 sq[..., cols_out] += row_change(h, new_raw).transpose(1, 2)
+        if whole and k_fac is not None:  # the heads of the other kv groups: keys scale
+            for g in range(site.n_kv_heads):
+                for dc in _chunks(dim, chunk):
+                    f = by_dim(k_fac[:, g][..., dc])[:, :, None, :]  # [B, c, 1, T] per key
+                    cols_out = slice(g * dim + dc.start, g * dim + dc.stop)
+                    for h2 in range(heads):
+                        if site.kv_of_head[h2] != g:
+                            change = row_change(h2, st.raw[:, h2][:, None] * f)
+                            sq[..., cols_out] += change.transpose(1, 2)
         out["k"] = sq.sqrt()
     return out
 
@@ -462,14 +492,6 @@ def plnd_scores(
                     continue
                 handles.append(site.o.register_forward_pre_hook(o_in_hook(site, o_cache)))
                 if variant == "paper" and ("q" in parts or "k" in parts):
-                    if site.qk_norm_over_projection():
-                        width = (site.q_norm or site.k_norm).weight.shape[-1]
-                        raise NotImplementedError(
-                            f"layer {site.layer}: {type(site.attn).__name__} normalises q/k over "
-                            f"the whole projection (norm width {width}, head_dim "
-                            f"{site.head_dim}); PLND Q/K importance is exact for per-head q/k "
-                            "norms only: score this model with parts [ffn, v, o]"
-                        )
                     handles.append(
                         site.attn.register_forward_hook(attn_hook(site, o_cache), with_kwargs=True)
                     )
