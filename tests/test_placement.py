@@ -281,5 +281,22 @@ def test_bfloat16_gives_the_float32_selections_up_to_ties(tiny_tokenizer, senten
     ppl32, ppl16 = (perplexity(m, tiny_tokenizer, texts["en"]).ppl for m in (model, half))
     report.append(f"perplexity: {ppl32:.4f} float32, {ppl16:.4f} bfloat16")
     assert math.isclose(ppl16, ppl32, rel_tol=0.02)
+    lens32, lens16 = (
+        logit_lens(m, tiny_tokenizer, texts["en"], "en", EvenIds(), top_k=3) for m in (model, half)
+    )
+    shift = np.abs(lens32["ratio"].to_numpy() - lens16["ratio"].to_numpy()).max()
+    report.append(f"logit lens: category shares move by at most {shift:.3f}")
+    assert shift <= 0.05
+    docs = training_documents(tiny_tokenizer, texts["en"], 32)
+    g32, g16 = (
+        grad_x_param_scores(copy.deepcopy(m), docs, {"batch_size": 4}, 0)[0] for m in (model, half)
+    )
+    top = {}
+    for name, g in (("f32", g32), ("bf16", g16)):
+        flat = torch.cat([t.ravel() for t in g.values()])
+        top[name] = set(flat.topk(max(1, flat.numel() // 100)).indices.tolist())
+    overlap = len(top["f32"] & top["bf16"]) / len(top["f32"])
+    report.append(f"grad x param top 1%: {overlap:.1%} shared")
+    assert overlap >= 0.8
     with capsys.disabled():
         print("\nbfloat16 vs float32 (tiny qwen2):", "; ".join(report))
