@@ -289,26 +289,13 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
             raise ValueError(f"layer {i}: q/k widths are not multiples of head_dim {head_dim}")
         if n_heads % n_kv or v.out_features != k.out_features:
             raise ValueError(f"layer {i}: {n_heads} query heads, {n_kv} kv heads: bad grouping")
-        scaling = getattr(attn, "scaling", None)
         q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         for norm in (q_norm, k_norm):
             if norm is not None and "RMSNorm" not in type(norm).__name__:
                 raise NotImplementedError(f"layer {i}: q/k norm {type(norm).__name__}")
         sites.append(
-            AttentionSite(
-                layer=i,
-                attn=attn,
-                q=q,
-                k=k,
-                v=v,
-                o=o,
-                q_norm=q_norm,
-                k_norm=k_norm,
-                n_heads=n_heads,
-                n_kv_heads=n_kv,
-                head_dim=head_dim,
-                scaling=float(scaling) if scaling is not None else head_dim**-0.5,
-                causal=bool(getattr(attn, "is_causal", True)),
+            _site(
+                i, attn, n_heads, n_kv, head_dim, q=q, k=k, v=v, o=o, q_norm=q_norm, k_norm=k_norm
             )
         )
     return sites
@@ -343,23 +330,37 @@ def _fused_qkv_site(layer: int, model: nn.Module, attn: nn.Module) -> AttentionS
             f"layer {layer}: fused {name} has {qkv.out_features} outputs, not "
             f"({n_heads} + 2 x {n_kv}) x {head_dim} ({layout} q, k, v)"
         )
-    scaling = getattr(attn, "scaling", None)
-    return AttentionSite(
-        layer=layer,
-        attn=attn,
+    return _site(
+        layer,
+        attn,
+        n_heads,
+        n_kv,
+        head_dim,
         q=None,
         k=None,
         v=None,
         o=o,
         q_norm=None,
         k_norm=None,
+        qkv=qkv,
+        qkv_layout=layout,
+    )
+
+
+def _site(
+    layer: int, attn: nn.Module, n_heads: int, n_kv: int, head_dim: int, **where
+) -> AttentionSite:
+    """An :class:`AttentionSite` with the module's own score scale and causality."""
+    scaling = getattr(attn, "scaling", None)
+    return AttentionSite(
+        layer=layer,
+        attn=attn,
         n_heads=n_heads,
         n_kv_heads=n_kv,
         head_dim=head_dim,
         scaling=float(scaling) if scaling is not None else head_dim**-0.5,
         causal=bool(getattr(attn, "is_causal", True)),
-        qkv=qkv,
-        qkv_layout=layout,
+        **where,
     )
 
 
