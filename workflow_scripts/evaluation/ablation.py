@@ -7,7 +7,8 @@ A unit is ``(layer, module, index)`` as in the selection tables of
   ``down``; with hooks, zero channel k of the down projection's *input* (the
   neuron's whole contribution), which gives the same output exactly;
 - ``q``/``k``/``v`` c: zero output channel c of that projection (its weight row and
-  bias); with hooks, zero channel c of the projection's output (before Gemma 3's
+  bias; in a fused qkv, the channel ``AttentionSite.projection`` maps c to); with hooks,
+  zero that channel of the projection's output (before Gemma 3's or OLMo 2's
   ``q_norm``/``k_norm``, exactly like the zeroed row);
 - ``o`` c: zero input channel c of ``o_proj`` (its weight column).
 
