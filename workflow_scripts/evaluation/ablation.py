@@ -84,12 +84,13 @@ def _plan(
         bad = [i for i in indices if not 0 <= i < size]
         if bad:
             raise ValueError(f"deactivate: layer {layer} {module} has {size} units, not {bad[:5]}")
+        idx = torch.tensor(indices, dtype=torch.long, device="cpu")
         if module in ("mlp", "o"):
             hooked = site.down if module == "mlp" else site.o
-            idx = torch.tensor(indices, dtype=torch.long, device=execution_device(hooked))
         else:  # q/k/v: channels of its own projection, or of the fused qkv
-            hooked, channels = site.projection(module, execution_device(site.o))
-            idx = channels[torch.tensor(indices, dtype=torch.long, device=channels.device)]
+            hooked, channels = site.projection(module)
+            idx = channels[idx]
+        idx = idx.to(execution_device(hooked))
         if module == "mlp":
             plan.append(
                 ("pre", site.down, idx, site.neuron_slices(idx) + in_slices(site.down, idx))

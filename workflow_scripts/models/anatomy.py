@@ -216,20 +216,17 @@ class AttentionSite:
         width = getattr(norm, "weight", None)
         return width is not None and width.shape[-1] != self.head_dim
 
-    def projection(
-        self, part: str, device: torch.device | str = "cpu"
-    ) -> tuple[nn.Module, torch.Tensor]:
+    def projection(self, part: str) -> tuple[nn.Module, torch.Tensor]:
         """``(module, channels)``: output channel c of ``part`` (q, k or v) is channel
         ``channels[c]`` of ``module``: its own projection, or the fused qkv (concatenated
-        ``[q; k; v]``, or per head ``[q_h; k_h; v_h]``)."""
-        n = self.size(part)
+        ``[q; k; v]``, or per head ``[q_h; k_h; v_h]``); ``channels`` on the host."""
+        c = torch.arange(self.size(part), device="cpu")
         if self.qkv is None:
-            return getattr(self, part), torch.arange(n, device=device)
+            return getattr(self, part), c
         if self.qkv_layout == "concat":
             offset = {"q": 0, "k": self.size("q"), "v": self.size("q") + self.size("k")}[part]
-            return self.qkv, torch.arange(n, device=device) + offset
+            return self.qkv, c + offset
         d = self.head_dim  # interleaved: no grouped-query attention (n_kv == n_heads)
-        c = torch.arange(n, device=device)
         return self.qkv, (c // d) * 3 * d + "qkv".index(part) * d + c % d
 
     def project(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -301,6 +298,25 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
     return sites
 
 
+def config_sizes(config) -> dict[str, int]:
+    """hidden, inter (MLP width), layers, heads, kv_heads, head_dim, vocab from a config,
+    whatever the family calls them (``n_embd``, ``n_head``, ``n_inner`` ...)."""
+    cfg = getattr(config, "text_config", None) or config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    return {
+        "hidden": hidden,
+        "inter": getattr(cfg, "intermediate_size", None)
+        or getattr(cfg, "n_inner", None)
+        or 4 * hidden,
+        "layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1),
+        "heads": heads,
+        "kv_heads": getattr(cfg, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(cfg, "head_dim", None) or hidden // max(1, heads),
+        "vocab": getattr(cfg, "vocab_size", 0),
+    }
+
+
 FUSED_QKV_LAYOUTS = {  # fused name -> (layout, output projection name)
     "qkv_proj": ("concat", "o_proj"),  # Phi-3
     "query_key_value": ("interleaved", "dense"),  # GPT-NeoX, Bloom
@@ -319,10 +335,9 @@ def _fused_qkv_site(layer: int, model: nn.Module, attn: nn.Module) -> AttentionS
     if not found:
         return None
     name, layout, qkv, o = found[0]
-    cfg = getattr(model.config, "text_config", None) or model.config
-    n_heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // n_heads
+    sizes = config_sizes(model.config)
+    n_heads, n_kv = sizes["heads"], sizes["kv_heads"]
+    head_dim = getattr(attn, "head_dim", None) or sizes["hidden"] // n_heads
     if layout == "interleaved" and n_kv != n_heads:
         raise NotImplementedError(f"layer {layer}: interleaved {name} with grouped-query heads")
     if qkv.out_features != (n_heads + 2 * n_kv) * head_dim or n_heads % n_kv:

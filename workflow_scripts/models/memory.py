@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workflow_scripts.models.placement import input_device
+from workflow_scripts.models.anatomy import config_sizes
+from workflow_scripts.models.placement import as_device, input_device
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +33,6 @@ LOGITS_ELEMENTS = 2**24  # perplexity's cross-entropy chunk (MAX_LOGITS)
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters (offloaded ones included)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def _dims(config) -> dict[str, int]:
-    cfg = getattr(config, "text_config", None) or config
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
-    return {
-        "hidden": hidden,
-        "inter": getattr(cfg, "intermediate_size", None)
-        or getattr(cfg, "n_inner", None)
-        or 4 * hidden,
-        "layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1),
-        "heads": heads,
-        "kv_heads": getattr(cfg, "num_key_value_heads", None) or heads,
-        "head_dim": getattr(cfg, "head_dim", None) or hidden // max(1, heads),
-        "vocab": getattr(cfg, "vocab_size", 0),
-    }
 
 
 def estimate_bytes(
@@ -67,7 +51,7 @@ def estimate_bytes(
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-    d = _dims(model.config)
+    d = config_sizes(model.config)
     itemsize = next(model.parameters()).element_size()
     b, t = batch_size, seq_len + new_tokens
     per_token = (6 * d["hidden"] + 3 * d["inter"]) * itemsize
@@ -157,7 +141,7 @@ def _devices(model: nn.Module) -> list[torch.device]:
     for where in device_map.values():
         if where == "disk":
             continue
-        device = torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+        device = as_device(where)
         if device not in out:
             out.append(device)
     return out or [torch.device("cpu")]

@@ -83,13 +83,32 @@ def place(model: nn.Module, placement: Mapping[str, Any]) -> nn.Module:
     return model
 
 
+def as_device(where: int | str | torch.device) -> torch.device:
+    """A place as accelerate writes it (``0`` is ``cuda:0``; ``"cpu"``, ``"cuda:1"``)."""
+    return torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+
+
+class OnDevices:
+    """One tensor (a token mask), copied once to each device that asks for it: with a
+    ``device_map`` the layers' hooks see activations on different GPUs."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self._on = {tensor.device: tensor}
+        self._source = tensor
+
+    def __call__(self, device: torch.device) -> torch.Tensor:
+        if device not in self._on:
+            self._on[device] = self._source.to(device)
+        return self._on[device]
+
+
 def describe(model: nn.Module) -> str:
     """``cuda:0 (NVIDIA H100 80GB HBM3)``, ``cpu``, or the device map's layers per device."""
     device_map = getattr(model, "hf_device_map", None)
     if device_map:
         per: dict[str, int] = {}
         for where in device_map.values():
-            key = f"cuda:{where}" if isinstance(where, int) else str(where)
+            key = "disk" if where == "disk" else str(as_device(where))
             per[key] = per.get(key, 0) + 1
         return "device_map " + ", ".join(f"{d}: {n} modules" for d, n in per.items())
     device = input_device(model)
@@ -100,17 +119,16 @@ def describe(model: nn.Module) -> str:
 
 def execution_device(module: nn.Module) -> torch.device:
     """Where ``module`` computes: accelerate's execution device, else that of its tensors."""
-    hook = getattr(module, "_hf_hook", None)
-    where = getattr(hook, "execution_device", None)
+    where = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
     if where is not None:
-        return torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+        return as_device(where)
     for tensor in (*module.parameters(), *module.buffers()):
         if tensor.device.type != "meta":
             return tensor.device
     for sub in module.modules():  # offloaded: the first hooked submodule says
         where = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
         if where is not None:
-            return torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+            return as_device(where)
     return torch.device("cpu")
 
 
@@ -149,13 +167,8 @@ def check_editable(model: nn.Module, what: str) -> None:
         )
 
 
-def gpu_batch_size(placement: Mapping[str, Any], stage: str, default: int) -> int:
-    """The batch size of ``stage`` on CUDA (``placement.batch_size``), else ``default``."""
-    return int(placement.get("batch_size", {}).get(stage, default))
-
-
 def batch_size_for(model: nn.Module, placement: Mapping[str, Any], stage: str, default: int) -> int:
-    """``default`` on the CPU, the GPU batch size of ``stage`` when the model is on CUDA."""
+    """``default`` on the CPU; on CUDA the stage's ``placement.batch_size`` (if it has one)."""
     if input_device(model).type == "cuda" and stage in GPU_BATCH_STAGES:
-        return gpu_batch_size(placement, stage, default)
+        return int(placement.get("batch_size", {}).get(stage, default))
     return default

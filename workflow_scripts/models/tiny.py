@@ -138,8 +138,9 @@ def pretrain(
     t_tok = time.time() - t0
     config = build_config(spec["architecture"], tokenizer, spec)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.to(resolve_device(device))
-    log.info("tiny %s trains on %s", spec["architecture"], resolve_device(device))
+    where = resolve_device(device)
+    model.to(where)
+    log.info("tiny %s trains on %s", spec["architecture"], where)
     blocks = language_blocks(tokenizer, texts, spec["seq_len"])
     random.Random(seed).shuffle(blocks)
     steps, batch_size = spec["steps"], spec["batch_size"]

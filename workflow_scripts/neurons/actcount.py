@@ -33,7 +33,7 @@ from workflow_scripts.data.corpus import length_sorted_batches
 from workflow_scripts.data.prompts import condition_prompts, format_prompts
 from workflow_scripts.models.anatomy import MLPSite, mlp_sites
 from workflow_scripts.models.hooks import activation_hooks
-from workflow_scripts.models.placement import input_device
+from workflow_scripts.models.placement import OnDevices, input_device
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class _Recorder:
         self.done: torch.Tensor | None = None  # [B] for mode "generated"
         self.eos: torch.Tensor | None = None
         self.acc: dict[int, LayerAccumulator] = {}
-        self._on: dict[torch.device, torch.Tensor] = {}  # the current mask, per device
+        self._keep: OnDevices | None = None  # this forward call's recorded positions
 
     def pre_forward(self, _module, args, kwargs) -> None:
         """Generation: a sequence whose last input token is EOS (or pad after it) is done."""
@@ -142,17 +142,13 @@ class _Recorder:
             self.eos = torch.tensor(self.eos_ids, dtype=torch.long, device=input_ids.device)
         else:
             self.done |= torch.isin(input_ids[:, -1], self.eos)
-        self._on = {}
-
-    def _positions(self, device: torch.device) -> torch.Tensor:
-        if device not in self._on:
-            which = self.mask if self.mode == "all" else ~self.done
-            self._on[device] = which.to(device)
-        return self._on[device]
+        self._keep = OnDevices(~self.done)
 
     def __call__(self, layer: int, acts: torch.Tensor) -> None:
         acts = acts.detach()
-        keep = self._positions(acts.device)
+        if self._keep is None:  # mode "all": the token mask, set before the forward
+            self._keep = OnDevices(self.mask)
+        keep = self._keep(acts.device)
         selected = acts[keep] if self.mode == "all" else acts[:, -1][keep]
         if selected.numel() == 0:
             return

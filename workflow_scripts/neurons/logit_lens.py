@@ -44,7 +44,7 @@ from torch import nn
 
 from workflow_scripts.models.anatomy import decoder_layers, final_norm_module, lm_head
 from workflow_scripts.models.padding import pad_id, right_padded
-from workflow_scripts.models.placement import input_device
+from workflow_scripts.models.placement import OnDevices, input_device
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,13 @@ def lens_top_k(
     layers = decoder_layers(model)
     head = lm_head(model)
     norm = final_norm_module(model) if final_norm else None
-    mask_on = {attention_mask.device: attention_mask.bool()}  # per device (device_map)
+    mask = OnDevices(attention_mask.bool())
     tops: list[torch.Tensor | None] = [None] * len(layers)
 
     def hook(layer: int):
         def fn(_module, _args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            if hidden.device not in mask_on:
-                mask_on[hidden.device] = attention_mask.bool().to(hidden.device)
-            rows = hidden[mask_on[hidden.device]]
+            rows = hidden[mask(hidden.device)]
             tops[layer] = head_top_k(rows, head, top_k, norm, max_chunk_bytes)
 
         return fn

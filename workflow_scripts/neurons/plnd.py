@@ -57,7 +57,7 @@ from workflow_scripts.models.anatomy import (
     mlp_sites,
     norm_eps,
 )
-from workflow_scripts.models.placement import input_device
+from workflow_scripts.models.placement import OnDevices, input_device
 
 PARTS = ("ffn", "q", "k", "v", "o")
 ATTENTION_PARTS = ("q", "k", "v", "o")
@@ -276,10 +276,10 @@ def qk_importance(
                 cols = torch.stack((by_dim(k_rot[..., dc]), by_dim(k_rh[..., dc])), -1)
                 new_raw = st.raw[:, h][:, None] - rows @ cols.transpose(-1, -2)
                 if q_fac is not None:
-                    new_raw = new_raw * by_dim(q_fac[:, h][..., dc])[..., None]
+                    f = by_dim(q_fac[:, h][..., dc])[..., None]  # [B, c, T, 1] per query
+                    new_raw = new_raw * f
                 change = row_change(h, new_raw)
                 if whole and q_fac is not None:  # every other head's scores scale too
-                    f = by_dim(q_fac[:, h][..., dc])[..., None]  # [B, c, T, 1] per query
                     for h2 in range(heads):
                         if h2 != h:
                             change = change + row_change(h2, st.raw[:, h2][:, None] * f)
@@ -418,12 +418,7 @@ def plnd_scores(
     input_ids = input_ids.to(device)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     attention_mask = attention_mask.to(device)
-    valid_on = {device: attention_mask.to(torch.bool)}  # the token mask, per device
-
-    def valid(on: torch.device) -> torch.Tensor:
-        if on not in valid_on:
-            valid_on[on] = valid_on[device].to(on)
-        return valid_on[on]
+    valid = OnDevices(attention_mask.to(torch.bool))  # the token mask, per device
 
     keep = None if layers is None else set(layers)
     results: dict[Key, NeuronScores] = {}
