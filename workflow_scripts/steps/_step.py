@@ -68,7 +68,7 @@ def model_of(snakemake, stage: str, new_tokens: int = 0):
     batch = batch_size_for(model, where, stage, settings["batch_size"])
     setting = f"{stage}.batch_size"
     if batch != settings["batch_size"]:
-        log.info("%s: batch size %d on %s (placement.batch_size)", stage, batch, "CUDA")
+        log.info("%s: batch size %d on CUDA (placement.batch_size)", stage, batch)
         settings["batch_size"], setting = batch, f"placement.batch_size.{stage}"
     check_fits(model, stage, batch, settings["max_length"], new_tokens, setting)
     return model, tokenizer, settings
