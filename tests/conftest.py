@@ -51,6 +51,12 @@ MODEL_CASES["qwen2_gqa"] = ("qwen2", {"num_heads": 4, "num_kv_heads": 2})
 # plain GELU MLP with biases, attention biases, a sliding window shorter than the test texts
 MODEL_CASES["starcoder2"] = ("starcoder2", {"sliding_window": 4})
 MODEL_IDS = list(MODEL_CASES)
+# mixture-of-experts (own tests, tests/test_moe.py): Mixtral, 4 experts of width 64, top 2;
+# Qwen2-MoE, 4 experts of width 16, a shared expert, and a dense MLP in layer 1
+MOE_CASES = {
+    "mixtral": ("mixtral", {}),
+    "qwen2_moe": ("qwen2_moe", {"expert_size": 16, "mlp_only_layers": [1]}),
+}
 
 TINY_SPEC = {
     "hidden_size": 32,
@@ -101,7 +107,7 @@ def tiny_tokenizer(sentences):
 
 def make_model(tokenizer, arch: str = "qwen2", **spec_overrides):
     """A random tiny model of test case ``arch`` (see MODEL_CASES), seeded, in eval mode."""
-    model_type, extra = MODEL_CASES[arch]
+    model_type, extra = {**MODEL_CASES, **MOE_CASES}[arch]
     spec = {**TINY_SPEC, **extra, **spec_overrides}
     config = build_config(model_type, tokenizer, spec)
     if "sliding_window" in spec:

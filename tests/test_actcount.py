@@ -97,6 +97,7 @@ def _with_eos(tokenizer, model, eos_id):
 def _assert_same(got: ActivationCounts, ref: Reference):
     assert torch.equal(got.counts, ref.counts)
     assert torch.equal(got.n_positions, ref.n)
+    assert (got.column_positions == ref.n[:, None]).all()
     assert torch.allclose(got.inhibited, ref.inhibited, rtol=1e-12, atol=1e-9)
     assert torch.allclose(got.zeros, ref.zeros, rtol=1e-12, atol=1e-9)
 
@@ -274,6 +275,7 @@ def test_add_by_hand():
     c.add(1, torch.tensor([[-1.0, -1.0, -1.0]]))
     assert c.counts.tolist() == [[2, 1, 0], [0, 0, 0]]
     assert c.n_positions.tolist() == [2, 1]
+    assert c.column_positions.tolist() == [[2, 2, 2], [1, 1, 1]]
     t = c.inhibition_table().to_pydict()
     assert t["inhibited_share"] == pytest.approx([(2 / 3 + 1 / 3) / 2, 1.0])
     assert t["zero_share"] == pytest.approx([(1 / 3 + 1 / 3) / 2, 0.0])
@@ -283,9 +285,10 @@ def test_count_table_layout():
     sites = [type("S", (), {"size": 4})()] * 3
     c = ActivationCounts.empty(sites)
     c.counts = torch.arange(12, dtype=torch.int64).reshape(3, 4)
-    c.n_positions = torch.tensor([7, 8, 9])
+    c.column_positions = torch.tensor([7, 8, 9])[:, None].expand(3, 4)
     t = c.count_table()
-    assert t.column_names == ["layer", "index", "count", "n_positions"]
+    assert t.column_names == ["layer", "module", "index", "count", "n_positions"]
+    assert set(t["module"].to_pylist()) == {"mlp"}
     assert t.num_rows == 12
     d = t.to_pydict()
     assert d["layer"] == [0] * 4 + [1] * 4 + [2] * 4

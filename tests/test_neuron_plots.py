@@ -17,8 +17,8 @@ from workflow_scripts.figures.neurons import (
     plot_overlap,
 )
 from workflow_scripts.io import write_parquet
+from workflow_scripts.units import DENSE_MODULES as MODULES
 from workflow_scripts.neurons.summary import (
-    MODULES,
     default_stages,
     jaccard_tables,
     load_selection,

@@ -74,7 +74,7 @@ def test_activation_tables(workflow_run):
         for cond in CONDITIONS:
             base = workdir / "results" / "activations" / model
             counts = pq.read_table(base / f"{cond}.parquet")
-            assert counts.column_names == ["layer", "index", "count", "n_positions"]
+            assert counts.column_names == ["layer", "module", "index", "count", "n_positions"]
             assert counts.num_rows == 2 * 64
             n = counts["n_positions"].to_pylist()
             # generated positions: at most n_prompts x max_new_tokens

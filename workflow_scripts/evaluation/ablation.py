@@ -1,7 +1,7 @@
 """Ablation of selected neurons and its evaluation by perplexity (docs/methods.md, "Ablation").
 
-A unit is ``(layer, module, index)`` as in the selection tables of
-:mod:`workflow_scripts.neurons.selection`. Deactivating it means (docs/methods.md, "Ablation"):
+A unit is ``(layer, module, index)`` as in the selection tables
+(:mod:`workflow_scripts.units`). Deactivating it means (docs/methods.md, "Ablation"):
 
 - ``mlp`` k: zero row k of ``gate/up`` (``W_in`` for plain MLPs) and column k of
   ``down``; with hooks, zero channel k of the down projection's *input* (the
@@ -10,7 +10,15 @@ A unit is ``(layer, module, index)`` as in the selection tables of
   bias; in a fused qkv, the channel ``AttentionSite.projection`` maps c to); with hooks,
   zero that channel of the projection's output (before Gemma 3's or OLMo 2's
   ``q_norm``/``k_norm``, exactly like the zeroed row);
-- ``o`` c: zero input channel c of ``o_proj`` (its weight column).
+- ``o`` c: zero input channel c of ``o_proj`` (its weight column);
+- ``mlp.e<j>`` k (neuron k of routed expert j): zero rows k and I + k of expert j's
+  ``gate_up_proj`` and column k of its ``down_proj``; with hooks, subtract the neuron's
+  contribution from the experts module's output on the tokens routed to j (the experts
+  are one module with 3-D weights: no per-expert activation to hook); ``mlp.shared`` k
+  as ``mlp`` k of the shared expert;
+- ``expert`` j: route around expert j: the router's top-k is taken with j's logit at
+  -inf, so tokens go to the best remaining experts. Routing has no weight edit, so this
+  is a hook in both modes.
 
 :func:`deactivated` does either (``mode="hooks"`` or ``"weights"``) and restores
 the model on exit; perplexity comes from :mod:`workflow_scripts.evaluation.perplexity`.
@@ -31,17 +39,27 @@ from torch import nn
 
 from workflow_scripts.evaluation.perplexity import perplexity
 from workflow_scripts.models.anatomy import (
+    ExpertSite,
     attention_sites,
+    ffn_sites,
     in_slices,
-    mlp_sites,
+    layer_modules,
     out_slices,
 )
+from workflow_scripts.models.hooks import expert_inputs, routed_rows
 from workflow_scripts.models.placement import check_editable, execution_device
+from workflow_scripts.units import (
+    ATTENTION,
+    DENSE_MODULES,
+    EXPERT,
+    expert_of,
+    family,
+    unknown_modules,
+)
 
 log = logging.getLogger(__name__)
 
-Unit = tuple[int, str, int]  # (layer, module, index)
-MODULES = ("mlp", "q", "k", "v", "o")
+Unit = tuple[int, str, int]  # (layer, module, index): workflow_scripts/units.py
 MODES = ("hooks", "weights")
 SETTINGS = ("base", "selected", "random")
 MATRIX_COLUMNS = ["setting", "target_lang", "eval_lang", "n_units", "ppl", "base_ppl", "seed"]
@@ -58,47 +76,103 @@ def _unit(u: Sequence) -> Unit:
 def _group_units(units: Iterable[Unit]) -> dict[tuple[int, str], list[int]]:
     groups: dict[tuple[int, str], set[int]] = {}
     for layer, module, index in map(_unit, units):
-        if module not in MODULES:
-            raise ValueError(f"deactivate: unknown module {module!r} (expected one of {MODULES})")
+        bad = unknown_modules([module])
+        if bad:
+            raise ValueError(f"deactivate: unknown module {module!r} (workflow_scripts/units.py)")
         groups.setdefault((layer, module), set()).add(index)
     return {key: sorted(v) for key, v in sorted(groups.items())}
 
 
-def _plan(
-    model: nn.Module, groups: Mapping[tuple[int, str], list[int]]
-) -> list[tuple[str, nn.Module, torch.Tensor, list]]:
-    """Per (layer, module): (hook kind, hooked module, channels, weight slices to zero)."""
-    msites = mlp_sites(model) if any(m == "mlp" for _, m in groups) else []
-    asites = attention_sites(model) if any(m != "mlp" for _, m in groups) else []
+def _layer_site(sites: Sequence, layer: int):
+    if not 0 <= layer < len(sites):
+        raise ValueError(f"deactivate: layer {layer} out of range (model has {len(sites)})")
+    return sites[layer]
+
+
+def _expert_layer(site, layer: int, module: str) -> ExpertSite:
+    if not isinstance(site, ExpertSite):
+        raise ValueError(f"deactivate: layer {layer} has no experts, so no {module!r} units")
+    return site
+
+
+def _check_range(layer: int, module: str, indices: Sequence[int], size: int) -> None:
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad:
+        raise ValueError(f"deactivate: layer {layer} {module} has {size} units, not {bad[:5]}")
+
+
+def _plan(model: nn.Module, groups: Mapping[tuple[int, str], list[int]]) -> list[tuple]:
+    """Per (layer, module): (hook kind, hooked module, what to zero, weight slices to zero).
+
+    Kinds: ``pre`` zeroes input channels, ``out`` output channels, ``experts`` removes
+    expert neurons' contributions from the experts module's output, ``route`` takes
+    experts out of the router's choice.
+    """
+    families = {family(m) for _, m in groups}
+    fsites = ffn_sites(model) if "mlp" in families or EXPERT in families else []
+    asites = attention_sites(model) if families & set(ATTENTION) else []
     plan = []
+    experts: dict[int, dict[int, torch.Tensor]] = {}  # layer -> expert -> neurons
     for (layer, module), indices in groups.items():
-        sites = msites if module == "mlp" else asites
-        if not 0 <= layer < len(sites):
-            raise ValueError(f"deactivate: layer {layer} out of range (model has {len(sites)})")
-        if module == "mlp":
-            site = msites[layer]
-            size = site.size
-        else:
-            site = asites[layer]
-            size = site.size(module)
-        bad = [i for i in indices if not 0 <= i < size]
-        if bad:
-            raise ValueError(f"deactivate: layer {layer} {module} has {size} units, not {bad[:5]}")
         idx = torch.tensor(indices, dtype=torch.long, device="cpu")
-        if module in ("mlp", "o"):
-            hooked = site.down if module == "mlp" else site.o
-        else:  # q/k/v: channels of its own projection, or of the fused qkv
-            hooked, channels = site.projection(module)
-            idx = channels[idx]
-        idx = idx.to(execution_device(hooked))
-        if module == "mlp":
+        if module == EXPERT:
+            site = _expert_layer(_layer_site(fsites, layer), layer, module)
+            _check_range(layer, module, indices, site.n_experts)
+            if len(indices) > site.n_experts - site.top_k:
+                raise ValueError(
+                    f"deactivate: layer {layer} routes every token to {site.top_k} of "
+                    f"{site.n_experts} experts; {len(indices)} cannot be removed"
+                )
+            plan.append(("route", site, idx, []))
+            continue
+        if family(module) == "mlp":
+            site = _layer_site(fsites, layer)
+            j = expert_of(module)
+            if j is not None:  # neurons inside routed expert j
+                site = _expert_layer(site, layer, module)
+                _check_range(layer, module, [j], site.n_experts)
+                _check_range(layer, module, indices, site.size)
+                experts.setdefault(layer, {})[j] = idx
+                continue
+            if module == "mlp.shared":
+                site = _expert_layer(site, layer, module).shared
+                if site is None:
+                    raise ValueError(f"deactivate: layer {layer} has no shared expert")
+            elif isinstance(site, ExpertSite):
+                raise ValueError(
+                    f"deactivate: layer {layer} is a mixture of experts: name its neurons "
+                    "mlp.e<j> or mlp.shared, not mlp"
+                )
+            _check_range(layer, module, indices, site.size)
+            idx = idx.to(execution_device(site.down))
             plan.append(
                 ("pre", site.down, idx, site.neuron_slices(idx) + in_slices(site.down, idx))
             )
-        elif module == "o":
+            continue
+        site = _layer_site(asites, layer)
+        _check_range(layer, module, indices, site.size(module))
+        if module == "o":
+            idx = idx.to(execution_device(site.o))
             plan.append(("pre", site.o, idx, in_slices(site.o, idx)))
-        else:
+        else:  # q/k/v: channels of its own projection, or of the fused qkv
+            hooked, channels = site.projection(module)
+            idx = channels[idx].to(execution_device(hooked))
             plan.append(("out", hooked, idx, out_slices(hooked, idx)))
+    for layer, by_expert in experts.items():
+        site = fsites[layer]
+        device = execution_device(site.experts)
+        by_expert = {j: idx.to(device) for j, idx in sorted(by_expert.items())}
+        gate_up, down = site.experts.gate_up_proj, site.experts.down_proj
+        slices = [
+            s
+            for j, idx in by_expert.items()
+            for s in (
+                (gate_up, (j, idx)),
+                (gate_up, (j, idx + site.size)),
+                (down, (j, slice(None), idx)),
+            )
+        ]
+        plan.append(("experts", site, by_expert, slices))
     return plan
 
 
@@ -112,6 +186,49 @@ def _zero_input(idx: torch.Tensor):
 def _zero_output(idx: torch.Tensor):
     def hook(_module, _args, output):
         return output.index_fill(-1, idx, 0)
+
+    return hook
+
+
+def _remove_expert_neurons(site: ExpertSite, by_expert: Mapping[int, torch.Tensor]):
+    """Subtract neurons' contributions ``w_j * (act * up)_k * down_j[:, k]`` from the
+    experts' output, on the tokens routed to each expert j (equal, up to rounding, to
+    zeroing their rows of gate_up and columns of down)."""
+
+    def hook(module, args, kwargs, output):
+        hidden, index, weights = expert_inputs(module, args, kwargs)
+        _, down = site.expert_weights()
+        for j, idx in by_expert.items():
+            rows = routed_rows(index, j)
+            if rows.numel() == 0:
+                continue
+            act, up = site.activations(hidden[rows], j)
+            w = (weights[rows] * (index[rows] == j)).sum(-1, keepdim=True)
+            removed = nn.functional.linear(act[:, idx] * up[:, idx], down[j][:, idx]) * w
+            output = output.index_add(0, rows, -removed.to(output.dtype))
+        return output
+
+    return hook
+
+
+def _route_around(site: ExpertSite, banned: torch.Tensor):
+    """Re-run the router's top-k choice with ``banned`` experts' logits at -inf: tokens go
+    to the best remaining experts; weights renormalised over the top k as the router
+    does (always for Mixtral; if ``norm_topk_prob`` for Qwen2-MoE)."""
+
+    def hook(module, _args, output):
+        if not (isinstance(output, tuple) and len(output) == 3):
+            raise NotImplementedError(
+                f"layer {site.layer}: router {type(module).__name__} does not return "
+                "(logits, top-k weights, top-k indices); experts cannot be routed around"
+            )
+        logits, scores, _ = output
+        masked = logits.index_fill(-1, banned.to(logits.device), float("-inf"))
+        probs = torch.softmax(masked.float(), dim=-1)
+        top, chosen = torch.topk(probs, site.top_k, dim=-1)
+        if getattr(module, "norm_topk_prob", True):
+            top = top / top.sum(-1, keepdim=True)
+        return masked, top.to(scores.dtype), chosen
 
     return hook
 
@@ -133,12 +250,18 @@ def deactivated(model: nn.Module, neurons: Iterable[Unit], mode: str = "hooks") 
     handles: list = []
     saved: list[tuple[torch.Tensor, tuple, torch.Tensor]] = []
     try:
+        for kind, site, idx, _ in plan:  # routing has no weight edit: a hook either way
+            if kind == "route":
+                handles.append(site.router.register_forward_hook(_route_around(site, idx)))
         if mode == "hooks":
             for kind, module, idx, _ in plan:
                 if kind == "pre":
                     handles.append(module.register_forward_pre_hook(_zero_input(idx)))
-                else:
+                elif kind == "out":
                     handles.append(module.register_forward_hook(_zero_output(idx)))
+                elif kind == "experts":
+                    hook = _remove_expert_neurons(module, idx)
+                    handles.append(module.experts.register_forward_hook(hook, with_kwargs=True))
         else:
             with torch.no_grad():
                 targets = [s for *_, slices in plan for s in slices]
@@ -163,16 +286,27 @@ def units_from_table(table: pa.Table) -> list[Unit]:
     return [(int(la), str(m), int(i)) for la, m, i, s in zip(*cols, strict=True) if s]
 
 
-def all_units(model: nn.Module, modules: Iterable[str] = MODULES) -> list[Unit]:
-    """Every unit of ``model`` of the given modules (the candidates of random selections)."""
+def all_units(model: nn.Module, modules: Iterable[str] = DENSE_MODULES) -> list[Unit]:
+    """Every unit of ``model`` of the given modules (the candidates of random selections).
+
+    ``mlp`` means every MLP neuron: a dense layer's, or in a mixture-of-experts layer
+    every expert's (``mlp.e<j>``, ``mlp.shared``); ``mlp.e<j>`` / ``mlp.shared`` name
+    one expert's; ``expert`` the routed experts themselves.
+    """
     modules = list(dict.fromkeys(modules))
-    unknown = [m for m in modules if m not in MODULES]
+    unknown = unknown_modules(modules)
     if unknown:
-        raise ValueError(f"all_units: unknown modules {unknown} (expected {MODULES})")
+        raise ValueError(f"all_units: unknown modules {unknown} (workflow_scripts/units.py)")
     units: list[Unit] = []
-    if "mlp" in modules:
-        units += [(s.layer, "mlp", i) for s in mlp_sites(model) for i in range(s.size)]
-    attn = [m for m in modules if m != "mlp"]
+    if any(family(m) == "mlp" or m == EXPERT for m in modules):
+        sites = ffn_sites(model)
+        for site, groups in zip(sites, layer_modules(sites), strict=True):
+            for name, width in groups:
+                if name in modules or "mlp" in modules:
+                    units += [(site.layer, name, i) for i in range(width)]
+            if EXPERT in modules and isinstance(site, ExpertSite):
+                units += [(site.layer, EXPERT, j) for j in range(site.n_experts)]
+    attn = [m for m in modules if m in ATTENTION]
     if attn:
         for s in attention_sites(model):
             units += [(s.layer, m, i) for m in attn for i in range(s.size(m))]

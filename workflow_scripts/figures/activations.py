@@ -23,20 +23,30 @@ def _condition_style(condition: str, i: int) -> dict:
 
 
 def frequencies(
-    counts: Mapping[str, np.ndarray], n_positions: Mapping[str, int]
+    counts: Mapping[str, np.ndarray], n_positions: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Activation frequency per condition: count / recorded positions, so conditions of
-    different length (80 parallel prompts' positions vs 1,500 of one language) compare."""
-    return {cond: c / max(n_positions[cond], 1) for cond, c in counts.items()}
+    """Activation frequency per condition: count / recorded positions of each neuron, so
+    conditions of different length (80 parallel prompts' positions vs 1,500 of one
+    language) and experts that saw different tokens compare."""
+    return {cond: c / np.maximum(n_positions[cond], 1) for cond, c in counts.items()}
+
+
+def _positions_label(n_positions: np.ndarray) -> str:
+    """The recorded positions of a condition (per layer: routed tokens differ by expert)."""
+    return f"{int(np.asarray(n_positions).max(initial=0)):,} recorded positions"
 
 
 def heatmap(
-    counts: Mapping[str, np.ndarray], n_positions: Mapping[str, int], model: str, out: str | Path
+    counts: Mapping[str, np.ndarray],
+    n_positions: Mapping[str, np.ndarray],
+    model: str,
+    out: str | Path,
 ) -> None:
     """One panel per condition: layers (y, origin bottom) x neuron index (x), colour =
     activation frequency (count / recorded positions) on one colour scale, 0 to 1, shared
     by every panel (the counts themselves stay in the activation tables)."""
     freq = frequencies(counts, n_positions)
+    moe = any(np.ptp(np.asarray(n)) > 0 for n in n_positions.values())
     n = len(freq)
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -54,10 +64,8 @@ def heatmap(
             vmin=0.0,
             vmax=1.0,
         )
-        ax.set_title(
-            f"{condition_label(cond)}\n{n_positions[cond]:,} recorded positions", fontsize=10
-        )
-        ax.set_xlabel("MLP neuron index")
+        ax.set_title(f"{condition_label(cond)}\n{_positions_label(n_positions[cond])}", fontsize=10)
+        ax.set_xlabel("MLP neuron index (experts side by side)" if moe else "MLP neuron index")
         ax.set_ylabel("layer")
         ax.set_yticks(range(0, f.shape[0], 5))
     for ax in list(axes.flat)[n:]:
@@ -103,22 +111,23 @@ def inhibition(shares: Mapping[str, np.ndarray], model: str, out: str | Path) ->
 
 def peaks(
     counts: Mapping[str, np.ndarray],
-    n_positions: Mapping[str, int],
+    n_positions: Mapping[str, np.ndarray],
     select_proportion: float,
     model: str,
     out: str | Path,
 ) -> None:
-    """Top ``select_proportion`` neurons by count: activation frequency vs rank, and kept
-    neurons per layer (the ranking is by count, the same as by frequency within a condition)."""
+    """Top ``select_proportion`` neurons by frequency: activation frequency vs rank, and kept
+    neurons per layer (the same ranking as by count when every neuron saw the same
+    positions, as in a dense model)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
     for i, (cond, f) in enumerate(frequencies(counts, n_positions).items()):
         style = _condition_style(cond, i)
         flat = np.sort(f.ravel())[::-1]
         k = int(np.ceil(select_proportion * flat.size))
         left.plot(np.arange(1, k + 1), flat[:k], label=condition_label(cond), **style)
-        per_layer = peak_neurons(counts[cond], select_proportion).sum(1)
+        per_layer = peak_neurons(f, select_proportion).sum(1)
         right.plot(np.arange(len(per_layer)), per_layer, marker="o", ms=3, **style)
-    left.set_xlabel("rank (neurons sorted by activation count)")
+    left.set_xlabel("rank (neurons sorted by activation frequency)")
     left.set_ylabel("activation frequency (share of recorded positions with act > 0)")
     left.set_ylim(0, 1.02)
     left.set_title(f"top {100 * select_proportion:g}% neurons: frequency by rank")
@@ -135,12 +144,9 @@ def peaks(
     save(fig, out)
 
 
-def load_counts(path: str | Path) -> tuple[np.ndarray, int]:
-    """``[layers, neurons]`` count matrix and number of recorded positions of one condition."""
-    counts, n_positions = count_matrix(
-        read_parquet(path, ["layer", "index", "count", "n_positions"])
-    )
-    return counts, int(n_positions[0])
+def load_counts(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``[layers, neurons]`` matrices of counts and of recorded positions, one condition."""
+    return count_matrix(read_parquet(path, ["layer", "index", "count", "n_positions"]))
 
 
 def plot_activation_figures(

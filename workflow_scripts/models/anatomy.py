@@ -127,33 +127,148 @@ def in_slices(proj: nn.Module, idx: torch.Tensor) -> list[tuple[torch.Tensor, tu
 
 
 def mlp_sites(model: nn.Module) -> list[MLPSite]:
-    """One :class:`MLPSite` per decoder layer, for gated and plain MLPs."""
+    """One :class:`MLPSite` per decoder layer, for gated and plain MLPs.
+
+    Raises ``NotImplementedError`` naming the layer for a mixture-of-experts block:
+    the stages that handle experts call :func:`ffn_sites`.
+    """
+    sites = ffn_sites(model)
+    moe = [s for s in sites if isinstance(s, ExpertSite)]
+    if moe:
+        raise NotImplementedError(
+            f"layer {moe[0].layer}: {type(moe[0].block).__name__} is a mixture-of-experts "
+            "block; this stage reads dense MLPs only (counting, LAPE, routing statistics "
+            "and ablation handle experts)"
+        )
+    return sites
+
+
+def ffn_sites(model: nn.Module) -> list[MLPSite | ExpertSite]:
+    """One site per decoder layer: an :class:`MLPSite`, or an :class:`ExpertSite` for a
+    mixture-of-experts block (layers of one model may mix both, as Qwen2-MoE can)."""
     layers = decoder_layers(model)
-    sites = []
+    sites: list[MLPSite | ExpertSite] = []
     for i, block in enumerate(layers):
         mlp = child(block, MLP_NAMES)
-        down = child(mlp, DOWN_NAMES)
-        fused = child(mlp, FUSED_GATE_UP_NAMES)
-        gate = child(mlp, GATE_NAMES) if fused is None else fused
-        first = gate if gate is not None else child(mlp, IN_NAMES)
-        if down is None or first is None:
-            raise ValueError(
-                f"layer {i}: unsupported MLP {type(mlp).__name__} "
-                f"(children: {[n for n, _ in mlp.named_children()]})"
-            )
-        act = child(mlp, ACT_NAMES)
-        up = child(mlp, UP_NAMES) if gate is not None and fused is None else None
-        size = out_features(first) // (2 if fused is not None else 1)
-        sites.append(
-            MLPSite(
-                i, mlp, gate is not None, down, first, act, size, up=up, fused=fused is not None
-            )
-        )
-    acts = [s.act for s in sites if s.act is not None]
+        experts = _expert_site(i, mlp)
+        if experts is not None:
+            sites.append(experts)
+            continue
+        sites.append(_mlp_site(i, mlp))
+    dense = [s for s in sites if isinstance(s, MLPSite)]
+    dense += [s.shared for s in sites if isinstance(s, ExpertSite) and s.shared is not None]
+    acts = [s.act for s in dense if s.act is not None]
     if len({id(a) for a in acts}) < len(acts):  # one shared module: hooks can't tell layers apart
-        for s in sites:
+        for s in dense:
             s.act = None
     return sites
+
+
+def _mlp_site(i: int, mlp: nn.Module) -> MLPSite:
+    """The :class:`MLPSite` of a dense MLP module (layer ``i``), or a clear error."""
+    down = child(mlp, DOWN_NAMES)
+    fused = child(mlp, FUSED_GATE_UP_NAMES)
+    gate = child(mlp, GATE_NAMES) if fused is None else fused
+    first = gate if gate is not None else child(mlp, IN_NAMES)
+    if down is None or first is None:
+        raise ValueError(
+            f"layer {i}: unsupported MLP {type(mlp).__name__} "
+            f"(children: {[n for n, _ in mlp.named_children()]})"
+        )
+    act = child(mlp, ACT_NAMES)
+    up = child(mlp, UP_NAMES) if gate is not None and fused is None else None
+    size = out_features(first) // (2 if fused is not None else 1)
+    return MLPSite(i, mlp, gate is not None, down, first, act, size, up=up, fused=fused is not None)
+
+
+# ------------------------------------------------------------------ mixture of experts
+
+EXPERTS_NAMES = ("experts",)
+ROUTER_NAMES = ("gate", "router")
+SHARED_EXPERT_NAMES = ("shared_expert", "shared_experts")
+
+
+@dataclass
+class ExpertSite:
+    """Layer ``layer``'s mixture-of-experts block (Mixtral, Qwen2-MoE in transformers 5).
+
+    The router returns ``(logits, top-k weights, top-k indices)`` over the block's
+    flattened tokens; the experts module takes ``(hidden[N, H], top_k_index[N, k],
+    top_k_weights[N, k])`` and holds every expert as 3-D weights, ``gate_up_proj``
+    ``[E, 2I, H]`` (gate = rows ``[0, I)``) and ``down_proj`` ``[E, H, I]``. Neuron k of
+    expert j is the module ``mlp.e{j}``'s unit k: its activation is ``act_fn(gate_j x)``
+    on the tokens routed to j. A shared expert (Qwen2-MoE), seen by every token, is a
+    dense :class:`MLPSite` whose units are module ``mlp.shared``.
+    """
+
+    layer: int
+    block: nn.Module
+    router: nn.Module
+    experts: nn.Module
+    n_experts: int
+    top_k: int
+    size: int  # neurons per expert
+    shared: MLPSite | None = None
+    shared_gate: nn.Module | None = None  # Qwen2-MoE: sigmoid(gate(x)) scales the shared expert
+
+    def modules(self) -> list[tuple[str, int]]:
+        """``(module, width)`` of this layer's neuron groups, in column order."""
+        out = [(f"mlp.e{j}", self.size) for j in range(self.n_experts)]
+        return out + ([("mlp.shared", self.shared.size)] if self.shared is not None else [])
+
+    def expert_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gate_up[E, 2I, H], down[E, H, I])`` on the experts' execution device."""
+        return weight(self.experts, "gate_up_proj"), weight(self.experts, "down_proj")
+
+    def activations(self, x: torch.Tensor, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(act_fn(gate x), up x)`` ``[N, I]`` of expert ``expert`` on rows ``x[N, H]``."""
+        gate_up, _ = self.expert_weights()
+        gate, up = nn.functional.linear(x, gate_up[expert]).chunk(2, dim=-1)
+        return self.experts.act_fn(gate), up
+
+
+def _expert_site(i: int, block: nn.Module) -> ExpertSite | None:
+    """The :class:`ExpertSite` of a sparse MoE block (None for a dense MLP)."""
+    experts = child(block, EXPERTS_NAMES)
+    if experts is None:
+        return None
+    router = child(block, ROUTER_NAMES)
+    have = {
+        n: isinstance(getattr(experts, n, None), torch.Tensor)
+        for n in ("gate_up_proj", "down_proj")
+    }
+    if router is None or not all(have.values()) or not hasattr(experts, "act_fn"):
+        missing = [n for n, ok in have.items() if not ok] + ([] if router else ["router"])
+        missing += [] if hasattr(experts, "act_fn") else ["act_fn"]
+        raise NotImplementedError(
+            f"layer {i}: mixture-of-experts block {type(block).__name__} "
+            f"({type(experts).__name__}) lacks {missing}: supported are experts stored as "
+            "3-D gate_up_proj [E, 2I, H] and down_proj [E, H, I] with a top-k router "
+            "(Mixtral, Qwen2-MoE)"
+        )
+    gate_up = experts.gate_up_proj
+    n_experts, two_i, _ = gate_up.shape
+    top_k = getattr(router, "top_k", None) or getattr(block, "top_k", None)
+    if not top_k:
+        raise NotImplementedError(f"layer {i}: router {type(router).__name__} has no top_k")
+    shared = child(block, SHARED_EXPERT_NAMES)
+    return ExpertSite(
+        layer=i,
+        block=block,
+        router=router,
+        experts=experts,
+        n_experts=int(n_experts),
+        top_k=int(top_k),
+        size=int(two_i) // 2,
+        shared=_mlp_site(i, shared) if shared is not None else None,
+        shared_gate=child(block, ("shared_expert_gate",)) if shared is not None else None,
+    )
+
+
+def layer_modules(sites: Sequence[MLPSite | ExpertSite]) -> list[list[tuple[str, int]]]:
+    """Per layer, ``(module, width)`` of its neuron groups: ``[("mlp", I)]`` for a dense
+    MLP, ``[("mlp.e0", I), ..., ("mlp.shared", I_s)]`` for experts."""
+    return [s.modules() if isinstance(s, ExpertSite) else [("mlp", s.size)] for s in sites]
 
 
 # --------------------------------------------------------------------------- attention

@@ -70,6 +70,7 @@ def build_config(architecture: str, tokenizer, spec: Mapping[str, Any]):
         sizes["num_key_value_heads"] = spec.get("num_kv_heads", spec["num_heads"])
     if architecture.startswith("gemma"):
         sizes["head_dim"] = spec["hidden_size"] // spec["num_heads"]
+    sizes.update(_moe_sizes(architecture, spec))
     try:
         return AutoConfig.for_model(
             architecture,
@@ -82,6 +83,33 @@ def build_config(architecture: str, tokenizer, spec: Mapping[str, Any]):
         )
     except ValueError as err:
         raise ValueError(f"tiny model: unknown architecture {architecture!r} ({err})") from err
+
+
+# mixture-of-experts families: config key of the number of experts and of one expert's width
+MOE_KEYS = {
+    "mixtral": ("num_local_experts", "intermediate_size"),
+    "qwen2_moe": ("num_experts", "moe_intermediate_size"),
+}
+
+
+def _moe_sizes(architecture: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Experts of a tiny MoE config: ``num_experts`` (4), ``experts_per_token`` (2), one
+    expert's width ``expert_size`` (intermediate_size) and, for Qwen2-MoE, the shared
+    expert's ``shared_expert_size`` and its dense layers ``mlp_only_layers``."""
+    if architecture not in MOE_KEYS:
+        return {}
+    n_key, width_key = MOE_KEYS[architecture]
+    sizes = {
+        n_key: spec.get("num_experts", 4),
+        "num_experts_per_tok": spec.get("experts_per_token", 2),
+        width_key: spec.get("expert_size", spec["intermediate_size"]),
+    }
+    if architecture == "qwen2_moe":
+        sizes["shared_expert_intermediate_size"] = spec.get(
+            "shared_expert_size", spec["intermediate_size"]
+        )
+        sizes["mlp_only_layers"] = list(spec.get("mlp_only_layers", []))
+    return sizes
 
 
 def language_blocks(

@@ -3,7 +3,10 @@
 Per condition (one language, or the parallel multilingual prompt) and per
 (layer, neuron): how many recorded positions had activation ``> 0``; per
 layer: the mean over recorded positions of the share of inhibited neurons
-(activation ``<= 0``) and of exact zeros.
+(activation ``<= 0``) and of exact zeros. In a mixture-of-experts layer every
+expert's neurons are counted over the recorded positions routed to it (its
+activations recomputed from the experts module's inputs, one extra gate projection
+per routed token), so each neuron has its own number of positions.
 
 Two ways of choosing the recorded positions (``positions`` in config):
 
@@ -31,7 +34,7 @@ import torch
 
 from workflow_scripts.data.corpus import length_sorted_batches
 from workflow_scripts.data.prompts import condition_prompts, format_prompts
-from workflow_scripts.models.anatomy import MLPSite, mlp_sites
+from workflow_scripts.models.anatomy import ExpertSite, MLPSite, ffn_sites, layer_modules
 from workflow_scripts.models.hooks import activation_hooks
 from workflow_scripts.models.placement import OnDevices, input_device
 
@@ -40,54 +43,90 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ActivationCounts:
-    """Accumulators of one condition."""
+    """Accumulators of one condition.
 
-    counts: torch.Tensor  # [layers, neurons] int64: positions with act > 0
-    inhibited: torch.Tensor  # [layers] float64: sum over positions of share(act <= 0)
-    zeros: torch.Tensor  # [layers] float64: sum over positions of share(act == 0)
-    n_positions: torch.Tensor  # [layers] int64
+    Columns of a layer are its neuron groups side by side (:func:`layer_modules`): one
+    ``mlp`` group for a dense MLP; ``mlp.e0 ... mlp.e{E-1}`` (and ``mlp.shared``) for a
+    mixture-of-experts layer, where each expert's columns count only the positions
+    routed to it (``column_positions``; ``n_positions`` counts a layer's activation rows:
+    its positions, times the experts each was routed to).
+    """
+
+    counts: torch.Tensor  # [layers, width] int64: positions with act > 0
+    inhibited: torch.Tensor  # [layers] float64: sum over activation rows of share(act <= 0)
+    zeros: torch.Tensor  # [layers] float64: sum over activation rows of share(act == 0)
+    n_positions: torch.Tensor  # [layers] int64: activation rows (see above)
+    # [layers, width] int64: positions seen by each column (default: n_positions, dense)
+    column_positions: torch.Tensor | None = None
+    layout: list[list[tuple[str, int]]] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        n_layers, width = self.counts.shape
+        if self.column_positions is None:
+            self.column_positions = self.n_positions[:, None].expand(n_layers, width).clone()
+        if not self.layout:
+            self.layout = [[("mlp", width)] for _ in range(n_layers)]
+
     @classmethod
-    def empty(cls, sites: Sequence[MLPSite]) -> ActivationCounts:
-        n_layers, width = len(sites), max(s.size for s in sites)
+    def empty(cls, sites: Sequence[MLPSite | ExpertSite]) -> ActivationCounts:
+        layout = layer_modules(sites)
+        n_layers, width = len(sites), max(sum(w for _, w in mods) for mods in layout)
         host = "cpu"  # the finished tables; each batch's device counters are merged in
+        zeros = torch.zeros(n_layers, width, dtype=torch.int64, device=host)
         return cls(
-            torch.zeros(n_layers, width, dtype=torch.int64, device=host),
+            zeros,
             torch.zeros(n_layers, dtype=torch.float64, device=host),
             torch.zeros(n_layers, dtype=torch.float64, device=host),
             torch.zeros(n_layers, dtype=torch.int64, device=host),
+            zeros.clone(),
+            layout,
         )
 
-    def add(self, layer: int, acts: torch.Tensor) -> None:
-        """Accumulate ``acts[N, I]``: N recorded positions of one layer."""
+    def add(self, layer: int, acts: torch.Tensor, offset: int = 0) -> None:
+        """Accumulate ``acts[N, I]``: N recorded positions of one layer's columns from
+        ``offset``."""
         if acts.numel() == 0:
             return
-        acc = LayerAccumulator(acts.shape[-1], acts.device)
-        acc.add(acts)
+        acc = LayerAccumulator(self.counts.shape[-1], acts.device)
+        acc.add(acts, offset)
         self.merge(layer, acc)
 
     def merge(self, layer: int, acc: LayerAccumulator) -> None:
         """Add one layer's device accumulators (one copy to the host per layer)."""
-        self.counts[layer, : acc.counts.shape[-1]] += acc.counts.cpu()
+        width = acc.counts.shape[-1]
+        self.counts[layer, :width] += acc.counts.cpu()
+        self.column_positions[layer, :width] += acc.column_positions.cpu()
         self.inhibited[layer] += acc.inhibited.cpu()
         self.zeros[layer] += acc.zeros.cpu()
         self.n_positions[layer] += acc.n_positions.cpu()
 
     def count_table(self) -> pa.Table:
-        """Columns layer, index, count, n_positions (one row per neuron)."""
-        n_layers, width = self.counts.shape
+        """Columns layer, module, index (within the module), count, n_positions (the
+        positions that neuron saw): one row per neuron."""
+        cols: dict[str, list] = {"layer": [], "module": [], "index": [], "column": []}
+        for layer, mods in enumerate(self.layout):
+            start = 0
+            for module, width in mods:
+                cols["layer"].append(np.full(width, layer, dtype=np.int32))
+                cols["module"] += [module] * width
+                cols["index"].append(np.arange(width, dtype=np.int32))
+                cols["column"].append(layer * self.counts.shape[-1] + start + np.arange(width))
+                start += width
+        flat = np.concatenate(cols["column"])
         return pa.table(
             {
-                "layer": np.repeat(np.arange(n_layers, dtype=np.int32), width),
-                "index": np.tile(np.arange(width, dtype=np.int32), n_layers),
-                "count": self.counts.numpy().ravel(),
-                "n_positions": np.repeat(self.n_positions.numpy(), width),
+                "layer": np.concatenate(cols["layer"]),
+                "module": cols["module"],
+                "index": np.concatenate(cols["index"]),
+                "count": self.counts.numpy().ravel()[flat],
+                "n_positions": self.column_positions.numpy().ravel()[flat],
             }
         )
 
     def inhibition_table(self) -> pa.Table:
-        """Per layer: mean share of inhibited (<= 0) and of zero neurons."""
+        """Per layer: mean share of inhibited (<= 0) and of zero neurons (over positions;
+        over routed (position, expert) pairs in a mixture-of-experts layer)."""
         n = self.n_positions.clamp(min=1).double()
         return pa.table(
             {
@@ -104,14 +143,17 @@ class LayerAccumulator:
 
     def __init__(self, width: int, device: torch.device):
         self.counts = torch.zeros(width, dtype=torch.int64, device=device)
+        self.column_positions = torch.zeros(width, dtype=torch.int64, device=device)
         self.inhibited = torch.zeros((), dtype=torch.float64, device=device)
         self.zeros = torch.zeros((), dtype=torch.float64, device=device)
         self.n_positions = torch.zeros((), dtype=torch.int64, device=device)
 
-    def add(self, acts: torch.Tensor) -> None:
-        """``acts[N, I]``: N recorded positions (float32 or the model's dtype)."""
+    def add(self, acts: torch.Tensor, offset: int = 0) -> None:
+        """``acts[N, I]``: N recorded positions of columns ``offset .. offset + I``."""
         active = acts > 0
-        self.counts += active.sum(0)
+        cols = slice(offset, offset + acts.shape[-1])
+        self.counts[cols] += active.sum(0)
+        self.column_positions[cols] += acts.shape[0]
         self.inhibited += (~active).float().mean(-1).double().sum()
         self.zeros += (acts == 0).float().mean(-1).double().sum()
         self.n_positions += acts.shape[0]
@@ -120,9 +162,10 @@ class LayerAccumulator:
 class _Recorder:
     """Hook state: which positions of the current forward call to record.
 
-    Accumulators and masks live on the device of each layer's activations (with a
-    ``device_map`` layers sit on different GPUs); nothing goes to the host until
-    :meth:`finish`, once per batch.
+    ``keep`` ``[B, T]`` marks them: the attention mask (mode ``all``), or the last
+    position of every sequence not yet done (mode ``generated``). Accumulators and
+    masks live on the device of each layer's activations (with a ``device_map`` layers
+    sit on different GPUs); nothing goes to the host until :meth:`finish`, once per batch.
     """
 
     def __init__(self, counts: ActivationCounts, mode: str, eos_ids: set[int]):
@@ -142,19 +185,26 @@ class _Recorder:
             self.eos = torch.tensor(self.eos_ids, dtype=torch.long, device=input_ids.device)
         else:
             self.done |= torch.isin(input_ids[:, -1], self.eos)
-        self._keep = OnDevices(~self.done)
+        keep = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        keep[:, -1] = ~self.done
+        self._keep = OnDevices(keep)
 
-    def __call__(self, layer: int, acts: torch.Tensor) -> None:
+    def __call__(
+        self, layer: int, acts: torch.Tensor, offset: int = 0, rows: torch.Tensor | None = None
+    ) -> None:
+        """``acts`` ``[B, T, I]`` or ``[B * T, I]``; or ``[N, I]`` of flattened ``rows``."""
         acts = acts.detach()
         if self._keep is None:  # mode "all": the token mask, set before the forward
             self._keep = OnDevices(self.mask)
-        keep = self._keep(acts.device)
-        selected = acts[keep] if self.mode == "all" else acts[:, -1][keep]
+        keep = self._keep(acts.device).reshape(-1)
+        if rows is not None:
+            keep = keep[rows]
+        selected = acts.reshape(-1, acts.shape[-1])[keep]
         if selected.numel() == 0:
             return
         if layer not in self.acc:
-            self.acc[layer] = LayerAccumulator(acts.shape[-1], acts.device)
-        self.acc[layer].add(selected)
+            self.acc[layer] = LayerAccumulator(self.counts.counts.shape[-1], acts.device)
+        self.acc[layer].add(selected, offset)
 
     def finish(self) -> None:
         """Bring this batch's counters to the host (one copy per layer)."""
@@ -188,7 +238,7 @@ def count_activations(
         raise ValueError(f"positions must be 'generated' or 'all', got {positions!r}")
     if not prompts:
         raise ValueError("no prompts to count activations on")
-    sites = mlp_sites(model)
+    sites = ffn_sites(model)
     counts = ActivationCounts.empty(sites)
     n_new = max_new_tokens if positions == "generated" else 0
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -247,9 +297,10 @@ def count_activations(
 
 
 def peak_neurons(counts: np.ndarray, select_proportion: float) -> np.ndarray:
-    """Boolean ``[layers, neurons]`` mask of the top ``select_proportion`` by count.
+    """Boolean mask, shaped as ``counts``, of the top ``select_proportion`` by value
+    (counts, or frequencies where neurons saw different numbers of positions).
 
-    All (layer, neuron) pairs are flattened and sorted by count, descending
+    All (layer, neuron) pairs are flattened and sorted by value, descending
     (ties broken by position, stable); the first ``ceil(p * n)`` are kept.
     """
     flat = counts.ravel()

@@ -8,6 +8,10 @@ are scored from ONE forward pass with hooks on the stock modules:
 
 - ``ffn`` neuron k (intermediate unit): ``|h_ffn[k]| * ||W_down[:, k]||``, with
   ``h_ffn`` the input of the down projection (gated and plain MLPs).
+- ``ffn`` neuron k of routed expert j (mixture-of-experts layers): on the tokens
+  routed to j, ``|w_j h_j[k]| * ||W_down_j[:, k]||`` with ``w_j`` the routing weight,
+  0 on the others (part ``ffn.e<j>``); the shared expert's (``ffn.shared``) as a dense
+  FFN's, times its sigmoid gate where the block has one (Qwen2-MoE).
 - ``o`` neuron c (input channel of ``o_proj``): ``|o_in[c]| * ||W_o[:, c]||``.
 - ``v`` neuron (kv head g, dim j; output channel ``g*head_dim + j`` of ``v_proj``):
   ``|| sum_{h served by g} o_in[h*head_dim + j] * W_o[:, h*head_dim + j] ||``, since
@@ -52,11 +56,13 @@ from torch import nn
 
 from workflow_scripts.models.anatomy import (
     AttentionSite,
+    ExpertSite,
     MLPSite,
     attention_sites,
-    mlp_sites,
+    ffn_sites,
     norm_eps,
 )
+from workflow_scripts.models.hooks import expert_inputs, routed_rows
 from workflow_scripts.models.placement import OnDevices, input_device
 
 PARTS = ("ffn", "q", "k", "v", "o")
@@ -78,6 +84,29 @@ X = TypeVar("X", torch.Tensor, Mapping)
 def ffn_importance(site: MLPSite, h_ffn: torch.Tensor) -> torch.Tensor:
     """``[B, T, I]``: ``|h_ffn[k]| * ||W_down[:, k]||`` (``h_ffn`` = input of the down proj)."""
     return h_ffn.abs() * site.down_weight().norm(dim=0).to(h_ffn.dtype)
+
+
+def expert_importance(
+    site: ExpertSite, hidden: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, variant: str
+) -> list[torch.Tensor]:
+    """Per routed expert j, ``[N, I]`` importance of its neurons on the block's ``N``
+    flattened tokens: ``|w_j h_k| * ||W_down_j[:, k]||`` on the tokens routed to j (``h`` =
+    act * up, ``w_j`` the routing weight: the block output's change when k is zeroed), 0
+    on the others; ``released``: ``|W_up_j x|_k`` on the routed tokens."""
+    _, down = site.expert_weights()
+    out = []
+    for j in range(site.n_experts):
+        imp = hidden.new_zeros(hidden.shape[0], site.size)
+        rows = routed_rows(index, j)
+        if rows.numel():
+            act, up = site.activations(hidden[rows], j)
+            if variant == "released":
+                imp[rows] = up.abs()
+            else:
+                w = (weights[rows] * (index[rows] == j)).sum(-1, keepdim=True).to(act.dtype)
+                imp[rows] = (w * act * up).abs() * down[j].norm(dim=0).to(act.dtype)
+        out.append(imp)
+    return out
 
 
 def o_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
@@ -470,12 +499,60 @@ def plnd_scores(
 
         return hook
 
+    def experts_hook(site: ExpertSite) -> Callable:
+        def hook(module, args, kwargs, _output):
+            hidden, index, weights = expert_inputs(module, args, kwargs)
+            shape = valid(hidden.device).shape
+            imps = expert_importance(site, hidden, index, weights, variant)
+            for j, imp in enumerate(imps):
+                store(site.layer, f"ffn.e{j}", imp.reshape(*shape, -1))
+
+        return hook
+
+    def shared_hooks(site: ExpertSite) -> list:
+        """The shared expert's FFN importance (``paper``: scaled by its sigmoid gate,
+        Qwen2-MoE's ``shared_expert_gate``, which runs after the expert)."""
+        shared, gate = site.shared, site.shared_gate if variant == "paper" else None
+        stash: list[torch.Tensor] = []
+
+        def finish(imp: torch.Tensor) -> None:
+            store(site.layer, "ffn.shared", imp.reshape(*valid(imp.device).shape, -1))
+
+        def emit(imp: torch.Tensor) -> None:
+            (finish if gate is None else stash.append)(imp)
+
+        def on_gate(_m, _args, output):
+            imp = stash.pop()
+            finish(imp * torch.sigmoid(output).to(imp.dtype))
+
+        if variant == "paper":
+            out = [
+                shared.down.register_forward_pre_hook(
+                    lambda _m, a: emit(ffn_importance(shared, a[0]))
+                )
+            ]
+        else:
+            cols = shared.up_source()[1]
+            out = [
+                shared.up_source()[0].register_forward_hook(
+                    lambda _m, _a, output: emit(output[..., cols].abs())
+                )
+            ]
+        if gate is not None:
+            out.append(gate.register_forward_hook(on_gate))
+        return out
+
     try:
         if "ffn" in parts:
-            for site in mlp_sites(model):
+            for site in ffn_sites(model):
                 if keep is not None and site.layer not in keep:
                     continue
-                if variant == "paper":
+                if isinstance(site, ExpertSite):
+                    hook = experts_hook(site)
+                    handles.append(site.experts.register_forward_hook(hook, with_kwargs=True))
+                    if site.shared is not None:
+                        handles += shared_hooks(site)
+                elif variant == "paper":
                     handles.append(site.down.register_forward_pre_hook(ffn_hook(site)))
                 else:
                     up, _ = site.up_source()

@@ -7,8 +7,9 @@ Every selection table has the columns ``layer, module, index, score, selected``
 methods can be joined and compared.
 
 - ``plnd``: per document, a neuron is important if it is among the per-(layer,
-  part) top ``top_fraction`` of that document's scores (or its score reaches
-  ``epsilon``); language-specific = important in at least ``min_fraction`` of the
+  part) top ``top_fraction`` of that document's scores and its score is above 0 (or
+  its score reaches ``epsilon``); a part is ``ffn``, one routed expert's FFN
+  (``ffn.e<j>``, module ``mlp.e<j>``) or the shared expert's (``ffn.shared``); language-specific = important in at least ``min_fraction`` of the
   language's documents (1.0: the paper's intersection), minus the
   language-agnostic neurons (specific for every language of the comparison set).
 - ``lape``: see :mod:`workflow_scripts.neurons.lape`; statistics are activation counts
@@ -35,7 +36,13 @@ from workflow_scripts.neurons.plnd import plnd_scores
 
 log = logging.getLogger(__name__)
 
-MODULE_OF_PART = {"ffn": "mlp", "q": "q", "k": "k", "v": "v", "o": "o"}
+
+def module_of_part(part: str) -> str:
+    """The selection tables' module of a PLND part: ``ffn`` -> ``mlp``, an expert's
+    ``ffn.e3`` -> ``mlp.e3``, ``ffn.shared`` -> ``mlp.shared``; q/k/v/o unchanged."""
+    return "mlp" + part[3:] if part.startswith("ffn") else part
+
+
 SELECTION_COLUMNS = ["layer", "module", "index", "score", "selected"]
 
 
@@ -79,6 +86,7 @@ def plnd_stats(model, tokenizer, texts: Sequence[str], settings: Mapping[str, An
                 k = max(1, math.ceil(settings["top_fraction"] * values.shape[-1]))
                 top = values.topk(k, dim=-1).indices
                 important = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, top, True)
+                important &= values > 0  # an expert no token was routed to: none important
             freq[key] = freq.get(key, 0) + important.sum(0)
             total[key] = total.get(key, 0) + values.sum(0)
         n_docs += len(batch)
@@ -87,7 +95,7 @@ def plnd_stats(model, tokenizer, texts: Sequence[str], settings: Mapping[str, An
     for (layer, part), f in sorted(freq.items()):
         n = f.numel()
         cols["layer"].append(np.full(n, layer, dtype=np.int32))
-        cols["module"].extend([MODULE_OF_PART[part]] * n)
+        cols["module"].extend([module_of_part(part)] * n)
         cols["index"].append(np.arange(n, dtype=np.int32))
         cols["frequency"].append(f.cpu().numpy().astype(np.int64))
         cols["score"].append((total[(layer, part)] / n_docs).cpu().numpy())
@@ -119,11 +127,7 @@ def select_plnd(
         n_docs = table["n_docs"].to_numpy()
         need = np.ceil(min_fraction * n_docs - 1e-9)
         specific[lang] = table["frequency"].to_numpy() >= need
-    keys = {lang: _keys(t) for lang, t in stats.items()}
-    first = next(iter(keys.values()))
-    for lang, k in keys.items():
-        if k != first:
-            raise ValueError(f"PLND: statistics of {lang!r} cover other neurons than the rest")
+    _same_keys({lang: t.select(["layer", "module", "index"]) for lang, t in stats.items()}, "PLND")
     agnostic = np.logical_and.reduce([specific[lang] for lang in agnostic_languages])
     out = {}
     for lang, table in stats.items():
@@ -142,34 +146,57 @@ def select_plnd(
     return out
 
 
-def _keys(table: pa.Table) -> tuple:
-    return (
-        tuple(table["layer"].to_numpy()),
-        tuple(table["module"].to_pylist()),
-        tuple(table["index"].to_numpy()),
-    )
+def count_vectors(table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """``(keys, counts[n], n_positions[n])`` of an activation-count table, one entry per
+    row; ``keys`` holds its ``layer, module, index`` (module ``mlp`` if the table has
+    none: tables written before mixture-of-experts support)."""
+    n = table.num_rows
+    module = table["module"] if "module" in table.column_names else pa.array(["mlp"] * n)
+    keys = pa.table({"layer": table["layer"], "module": module, "index": table["index"]})
+    return keys, table["count"].to_numpy(), table["n_positions"].to_numpy()
 
 
 def count_matrix(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """``(counts[layers, neurons], n_positions[layers])`` of an activation-count table."""
-    layer, index = table["layer"].to_numpy(), table["index"].to_numpy()
-    counts = np.zeros((layer.max() + 1, index.max() + 1), dtype=np.int64)
-    counts[layer, index] = table["count"].to_numpy()
-    n_pos = np.zeros(layer.max() + 1, dtype=np.int64)
-    n_pos[layer] = table["n_positions"].to_numpy()
+    """``(counts[layers, columns], n_positions[layers, columns])`` of an activation-count
+    table: a layer's neuron groups side by side in table order (one ``mlp`` group, or
+    every expert's), zero-padded to the widest layer."""
+    layer = table["layer"].to_numpy()
+    column = np.zeros(len(layer), dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, layer[1:] != layer[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(layer)], strict=True):
+        column[a:b] = np.arange(b - a)
+    shape = (layer.max() + 1, column.max() + 1)
+    counts, n_pos = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    counts[layer, column] = table["count"].to_numpy()
+    n_pos[layer, column] = table["n_positions"].to_numpy()
     return counts, n_pos
 
 
-def _mlp_table(score: np.ndarray, selected: np.ndarray, **extra: np.ndarray) -> pa.Table:
-    n_layers, width = score.shape
+def _frequency(counts: np.ndarray, n_positions: np.ndarray) -> np.ndarray:
+    """count / positions per neuron (0 where a column saw no position: an expert that no
+    token of the language was routed to)."""
+    return np.divide(counts, n_positions, out=np.zeros(counts.shape), where=n_positions > 0)
+
+
+def _same_keys(keys: Mapping[str, pa.Table], what: str) -> pa.Table:
+    first = next(iter(keys.values()))
+    for lang, k in keys.items():
+        if not k.equals(first):
+            raise ValueError(f"{what}: statistics of {lang!r} cover other neurons than the rest")
+    return first
+
+
+def _neuron_table(
+    keys: pa.Table, score: np.ndarray, selected: np.ndarray, **extra: np.ndarray
+) -> pa.Table:
     return pa.table(
         {
-            "layer": np.repeat(np.arange(n_layers, dtype=np.int32), width),
-            "module": ["mlp"] * score.size,
-            "index": np.tile(np.arange(width, dtype=np.int32), n_layers),
-            "score": score.ravel().astype(np.float64),
-            "selected": selected.ravel(),
-            **{k: v.ravel() for k, v in extra.items()},
+            "layer": keys["layer"].cast(pa.int32()),
+            "module": keys["module"],
+            "index": keys["index"].cast(pa.int32()),
+            "score": score.astype(np.float64),
+            "selected": selected,
+            **extra,
         }
     )
 
@@ -179,18 +206,20 @@ def select_lape(
 ) -> dict[str, pa.Table]:
     """LAPE selection per language from teacher-forced activation counts.
 
-    ``score`` is the activation probability ``P(L, j)``; ``entropy`` is shared.
+    ``score`` is the activation probability ``P(L, j)`` (for an expert's neuron: over
+    the tokens routed to that expert); ``entropy`` is shared.
     """
     langs = list(counts)
-    probs = []
+    keys, probs = {}, []
     for lang in langs:
-        c, n = count_matrix(counts[lang])
-        if (n == 0).any():
+        keys[lang], c, n = count_vectors(counts[lang])
+        if not n.any():
             raise ValueError(f"LAPE: no tokens counted for {lang!r}")
-        probs.append(c / n[:, None])
-    sel = lape_select(np.stack(probs), top_share=top_share, percentile=percentile)
+        probs.append(_frequency(c, n))
+    common = _same_keys(keys, "LAPE")
+    sel = lape_select(np.stack(probs)[:, None, :], top_share=top_share, percentile=percentile)
     return {
-        lang: _mlp_table(probs[i], sel.assigned[i], entropy=sel.entropy)
+        lang: _neuron_table(common, probs[i], sel.assigned[i, 0], entropy=sel.entropy[0])
         for i, lang in enumerate(langs)
     }
 
@@ -200,17 +229,19 @@ def select_actcount(
 ) -> dict[str, pa.Table]:
     """High-frequency neurons of each language that are high-frequency for no other language.
 
-    ``score`` is the activation frequency (count / recorded positions).
+    ``score`` is the activation frequency (count / recorded positions). Neurons are
+    ranked by frequency: the same order as by count (Mu et al.) when every neuron saw
+    the same positions, and a fair one across experts that saw different tokens.
     """
-    freqs = {}
-    peaks = {}
+    keys, freqs, peaks = {}, {}, {}
     for lang, table in counts.items():
-        c, n = count_matrix(table)
-        freqs[lang] = c / np.maximum(n, 1)[:, None]
-        peaks[lang] = peak_neurons(c, select_proportion)
+        keys[lang], c, n = count_vectors(table)
+        freqs[lang] = _frequency(c, n)
+        peaks[lang] = peak_neurons(freqs[lang], select_proportion)
+    common = _same_keys(keys, "actcount")
     out = {}
     for lang in counts:
         others = [peaks[o] for o in counts if o != lang]
         shared = np.logical_or.reduce(others) if others else np.zeros_like(peaks[lang])
-        out[lang] = _mlp_table(freqs[lang], peaks[lang] & ~shared)
+        out[lang] = _neuron_table(common, freqs[lang], peaks[lang] & ~shared)
     return out

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from workflow_scripts.io import atomic_path, read_parquet
+from workflow_scripts.units import FAMILIES, family, unknown_modules
 
-MODULES = ("mlp", "q", "k", "v", "o")
 JACCARD_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),
@@ -44,9 +44,9 @@ def _read_selection(path: str | Path) -> pa.Table:
     """The selection table's ``layer, module, index, selected`` columns, checked."""
     table = read_parquet(path, SELECTION_COLUMNS)
     modules = set(pc.unique(table["module"]).to_pylist())
-    unknown = sorted(str(m) for m in modules - set(MODULES))
+    unknown = unknown_modules(modules)
     if unknown:
-        raise ValueError(f"{path}: unknown module(s) {unknown}; expected a subset of {MODULES}")
+        raise ValueError(f"{path}: unknown module(s) {unknown} (workflow_scripts/units.py)")
     if table.num_rows and pc.min(table["layer"]).as_py() < 0:
         raise ValueError(f"{path}: negative layer index")
     return table
@@ -64,13 +64,16 @@ def load_selection(path: str | Path) -> set[Neuron]:
 
 
 def ordered_modules(modules: set[str]) -> list[str]:
-    return [m for m in MODULES if m in modules]
+    """The module families present in ``modules`` (an expert's neurons count as ``mlp``)."""
+    present = {family(m) for m in modules}
+    return [m for m in FAMILIES if m in present]
 
 
 def selection_counts(
     tables: Mapping[str, Mapping[str, str | Path]], n_layers: int | None = None
 ) -> pa.Table:
-    """Selected neurons per (method, lang, layer, module), zeros included.
+    """Selected neurons per (method, lang, layer, module family), zeros included
+    (an expert's neurons count under ``mlp``).
 
     ``tables[method][lang]`` is a selection table's path. Every layer ``0..L-1`` is
     present for every module the method scores (the modules found in any of its
@@ -101,7 +104,7 @@ def selection_counts(
         for lang, table in langs.items():
             counts = {m: np.zeros(n_layers, dtype=np.int64) for m in modules}
             for layer, module, _ in _selected(table):
-                counts[module][layer] += 1
+                counts[family(module)][layer] += 1
             for layer in range(n_layers):
                 for module in modules:
                     rows["method"].append(method)
@@ -163,7 +166,7 @@ def jaccard_tables(tables: Mapping[str, Mapping[str, str | Path]]) -> pa.Table:
     languages = list(dict.fromkeys(lang for by_lang in sets.values() for lang in by_lang))
     for lang in languages:
         methods = [m for m in sets if lang in sets[m]]
-        mlp = {m: {n for n in sets[m][lang] if n[1] == "mlp"} for m in methods}
+        mlp = {m: {n for n in sets[m][lang] if family(n[1]) == "mlp"} for m in methods}
         for a, b in combinations(methods, 2):
             add("method", None, lang, a, b, "mlp", mlp[a], mlp[b])
     return pa.table(rows, schema=JACCARD_SCHEMA)
