@@ -14,7 +14,7 @@ rule ablate_neurons:
     benchmark:
         benchmarks("ablate_neurons", "model", "method", "lang")
     wildcard_constraints:
-        method="|".join(METHODS),
+        method="|".join(ALL_METHODS),
     conda:
         ENV
     threads: model_threads
@@ -65,7 +65,7 @@ rule collect_ablation:
     benchmark:
         benchmarks("collect_ablation", "model", "method")
     wildcard_constraints:
-        method="|".join(METHODS + ("region",)),
+        method="|".join(ALL_METHODS + ("region",)),
     conda:
         ENV
     threads: 1

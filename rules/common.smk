@@ -25,6 +25,9 @@ MODELS = config["models"]
 CORPORA = config["corpora"]
 DATASETS = config["datasets"]
 METHODS = ("plnd", "lape", "actcount")
+# mixture-of-experts models only, asked for by name (results/figures/experts_{model}.png,
+# results/ablation/{model}/experts.parquet): the language-specific experts
+ALL_METHODS = METHODS + ("experts",)
 FIGURES = ("heatmap", "inhibition", "peaks", "layers", "overlap", "logit_lens")
 FIGURES += ("ablation", "regions")
 REGION_LANGS = config["regions"]["languages"]
@@ -264,12 +267,13 @@ def stats_settings(wildcards, method):
     return {key: settings[key] for key in STATS_SETTINGS[method] if key in settings}
 
 
-def stats_files(wildcards):
+def stats_files(wildcards, method=None):
     """The per-language statistics a selection is computed from, in LANGS order."""
-    if wildcards.method == "actcount":
+    method = method or wildcards.method
+    if method == "actcount":
         template = paths.fill(paths.ACTIVATIONS, model=wildcards.model)
         return [template.format(condition=lang) for lang in LANGS]
-    template = paths.fill(paths.STATS, model=wildcards.model, method=wildcards.method)
+    template = paths.fill(paths.STATS, model=wildcards.model, method=method)
     return [template.format(lang=lang) for lang in LANGS]
 
 
@@ -277,7 +281,7 @@ def selection_settings(wildcards):
     if wildcards.method == "actcount":
         return {"select_proportion": config["actcount"]["select_proportion"]}
     settings = method_settings(wildcards.model, wildcards.method)
-    if wildcards.method == "lape":
+    if wildcards.method in ("lape", "experts"):
         return {
             "top_share": settings["top_share"],
             "percentile": settings["percentile"],

@@ -127,3 +127,33 @@ rule plot_regions:
         runtime=10,
     script:
         "../workflow_scripts/steps/plot_regions.py"
+
+
+rule plot_experts:
+    input:
+        stats=lambda wc: stats_files(wc, "experts"),
+        selections=lambda wc: [
+            selection_file(wc.model, "experts", lang) for lang in LANGS
+        ],
+    output:
+        report(
+            paths.fill(paths.FIGURE, figure="experts"),
+            caption="../resources/report/experts.rst",
+            category="Language-specific neurons",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "experts"},
+        ),
+    log:
+        logs("plot_experts", "model"),
+    benchmark:
+        benchmarks("plot_experts", "model")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        languages=LANGS,
+    script:
+        "../workflow_scripts/steps/plot_experts.py"

@@ -69,6 +69,28 @@ rule lape_stats:
         "../workflow_scripts/steps/lape_stats.py"
 
 
+rule routing_stats:
+    input:
+        model=model_input,
+        corpus=model_corpus,
+    output:
+        paths.fill(paths.STATS, method="experts"),
+    log:
+        logs("routing_stats", "model", "lang"),
+    benchmark:
+        benchmarks("routing_stats", "model", "lang")
+    conda:
+        ENV
+    threads: model_threads
+    resources:
+        **model_job_resources(),
+    params:
+        **model_params(),
+        settings=lambda wc: stats_settings(wc, "experts"),
+    script:
+        "../workflow_scripts/steps/routing_stats.py"
+
+
 rule select_neurons:
     input:
         stats_files,
@@ -79,7 +101,7 @@ rule select_neurons:
     benchmark:
         benchmarks("select_neurons", "model", "method")
     wildcard_constraints:
-        method="|".join(METHODS),
+        method="|".join(ALL_METHODS),
     conda:
         ENV
     threads: 1

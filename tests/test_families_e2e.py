@@ -1,6 +1,8 @@
 """Every tested family by config alone: a ``path:`` to a local tiny model directory, and
 ``snakemake`` runs activation counting, PLND with every part the family supports, LAPE,
-the logit lens and one neuron ablation (README, "The models")."""
+the logit lens and one neuron ablation (README, "The models"); the mixture-of-experts
+families also their routing statistics, language-specific experts, the experts figure
+and the ablation of experts (routed around)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ FAMILIES = {
     "starcoder2": ALL,  # biases, sliding window, plain GELU MLP
     "gpt_neox": ALL,  # interleaved qkv, partial rotary, parallel blocks
     "bloom": ["ffn", "v", "o"],  # ALiBi: no RoPE for Q/K
+    "mixtral": ALL,  # routed experts
+    "qwen2_moe": ALL,  # routed + shared expert, one dense layer
 }
+MOE = {"mixtral": {f"mlp.e{j}" for j in range(4)}}
+MOE["qwen2_moe"] = MOE["mixtral"] | {"mlp.shared", "mlp"}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +53,11 @@ def families_run(tmp_path_factory, tiny_tokenizer):
                 f"results/logit_lens/{key}/{lang}.parquet",
             ]
         targets.append(f"results/ablation/{key}/plnd/en.parquet")
+        if key in ("mixtral", "qwen2moe"):
+            targets += [
+                f"results/figures/experts_{key}.png",
+                f"results/ablation/{key}/experts.parquet",
+            ]
     workdir = root / "work"
     proc, out = run_snakemake(workdir, cfg, *targets)
     return workdir, models, proc, out
@@ -56,10 +67,13 @@ def test_every_family_runs_by_config(families_run):
     workdir, models, proc, out = families_run
     assert proc.returncode == 0, out[-5000:]
     res = workdir / "results"
-    for key, spec in models.items():
+    for family, key in ((f, f.replace("_", "")) for f in FAMILIES):
+        spec = models[key]
         plnd = pq.read_table(res / "stats" / key / "plnd" / "en.parquet")
         modules = set(plnd["module"].to_pylist())
         want = {"mlp" if p == "ffn" else p for p in spec["plnd"]["parts"]}
+        if family in MOE:
+            want = want - {"mlp"} | MOE[family]
         assert modules == want, (key, modules)
         assert sum(plnd["frequency"].to_pylist()) > 0, key
         lape = pq.read_table(res / "stats" / key / "lape" / "en.parquet")
@@ -69,3 +83,28 @@ def test_every_family_runs_by_config(families_run):
         ablation = pq.read_table(res / "ablation" / key / "plnd" / "en.parquet")
         settings = set(ablation["setting"].to_pylist())
         assert {"base", "selected", "random"} <= settings, (key, settings)
+
+
+def test_moe_families_route_and_ablate_experts(families_run):
+    workdir, _, proc, out = families_run
+    assert proc.returncode == 0, out[-5000:]
+    res = workdir / "results"
+    for key in ("mixtral", "qwen2moe"):
+        routing = pq.read_table(res / "stats" / key / "experts" / "en.parquet")
+        assert routing.column_names == ["layer", "expert", "count", "weight_sum", "n_tokens"]
+        assert sum(routing["count"].to_pylist()) == 2 * sum(  # top-2 of every token
+            n
+            for n, e in zip(
+                routing["n_tokens"].to_pylist(), routing["expert"].to_pylist(), strict=True
+            )
+            if e == 0
+        )
+        experts = pq.read_table(res / "neurons" / key / "experts" / "en.parquet")
+        assert set(experts["module"].to_pylist()) == {"expert"}
+        lape = pq.read_table(res / "stats" / key / "lape" / "en.parquet")
+        assert (
+            set(lape["module"].to_pylist()) == MOE["mixtral" if key == "mixtral" else "qwen2_moe"]
+        )
+        ablation = pq.read_table(res / "ablation" / key / "experts.parquet")
+        assert {"base", "selected"} <= set(ablation["setting"].to_pylist())
+        assert (res / "figures" / f"experts_{key}.png").stat().st_size > 10_000

@@ -17,7 +17,6 @@ from workflow_scripts.figures.neurons import (
     plot_overlap,
 )
 from workflow_scripts.io import write_parquet
-from workflow_scripts.units import DENSE_MODULES as MODULES
 from workflow_scripts.neurons.summary import (
     default_stages,
     jaccard_tables,
@@ -25,6 +24,7 @@ from workflow_scripts.neurons.summary import (
     selection_counts,
     write_tables,
 )
+from workflow_scripts.units import DENSE_MODULES as MODULES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LANGS = ["en", "fr", "zh"]

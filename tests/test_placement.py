@@ -197,6 +197,32 @@ def test_no_implicit_devices_and_no_per_token_copies(tiny_tokenizer, sentences):
     assert copies[0] == copies[1], f"host copies grow with generated tokens: {copies}"
 
 
+def test_mixture_of_experts_stages_under_the_guard(tiny_tokenizer, sentences):
+    """Counting per expert, routing statistics, PLND's expert parts and expert ablation
+    create nothing without a device, and generation's host copies do not grow."""
+    from workflow_scripts.neurons.routing import routing_counts
+
+    model = make_model(tiny_tokenizer, "qwen2_moe")
+    texts = texts_of(sentences)
+    units = [(0, "mlp.e1", 3), (0, "mlp.shared", 2), (0, "expert", 0), (1, "mlp", 4)]
+    with DeviceGuard(PACKAGE) as guard:
+        count_activations(model, tiny_tokenizer, texts, "all", batch_size=3, max_length=32)
+        routing_counts(model, tiny_tokenizer, texts, batch_size=3, max_length=32)
+        plnd_stats(model, tiny_tokenizer, texts, PLND)
+        for mode in ("hooks", "weights"):
+            with deactivated(model, units, mode):
+                perplexity(model, tiny_tokenizer, texts, max_length=32, batch_size=3)
+    assert guard.implicit == [], guard.implicit
+    copies = []
+    for new_tokens in (2, 8):
+        with DeviceGuard(PACKAGE) as guard:
+            count_activations(
+                model, tiny_tokenizer, texts[:4], batch_size=2, max_new_tokens=new_tokens
+            )
+        copies.append(len(guard.host))
+    assert copies[0] == copies[1], f"host copies grow with generated tokens: {copies}"
+
+
 def test_guard_catches_a_host_tensor_in_a_hook(tiny_tokenizer):
     """The guard itself: a hook that creates its accumulator without a device is caught."""
     model = make_model(tiny_tokenizer)

@@ -22,7 +22,7 @@ SCHEMA = REPO / "resources" / "schemas" / "config.schema.yaml"
 BUNDLED_CORPUS = REPO / "resources" / "corpus" / "bundled.parquet"
 MODEL_KINDS = ("path", "gguf", "tiny")
 # sections a model entry may override (merged over the global section, then validated)
-MODEL_OVERRIDES = ("placement", "plnd", "lape", "logit_lens", "ablation", "regions")
+MODEL_OVERRIDES = ("placement", "plnd", "lape", "experts", "logit_lens", "ablation", "regions")
 
 
 def load_schema() -> dict[str, Any]:

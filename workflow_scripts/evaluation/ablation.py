@@ -123,14 +123,17 @@ def _plan(model: nn.Module, groups: Mapping[tuple[int, str], list[int]]) -> list
                     f"deactivate: layer {layer} routes every token to {site.top_k} of "
                     f"{site.n_experts} experts; {len(indices)} cannot be removed"
                 )
-            plan.append(("route", site, idx, []))
+            plan.append(("route", site, idx.to(execution_device(site.router)), []))
             continue
         if family(module) == "mlp":
             site = _layer_site(fsites, layer)
             j = expert_of(module)
             if j is not None:  # neurons inside routed expert j
                 site = _expert_layer(site, layer, module)
-                _check_range(layer, module, [j], site.n_experts)
+                if j >= site.n_experts:
+                    raise ValueError(
+                        f"deactivate: layer {layer} has {site.n_experts} experts, no {module!r}"
+                    )
                 _check_range(layer, module, indices, site.size)
                 experts.setdefault(layer, {})[j] = idx
                 continue
@@ -223,7 +226,7 @@ def _route_around(site: ExpertSite, banned: torch.Tensor):
                 "(logits, top-k weights, top-k indices); experts cannot be routed around"
             )
         logits, scores, _ = output
-        masked = logits.index_fill(-1, banned.to(logits.device), float("-inf"))
+        masked = logits.index_fill(-1, banned, float("-inf"))
         probs = torch.softmax(masked.float(), dim=-1)
         top, chosen = torch.topk(probs, site.top_k, dim=-1)
         if getattr(module, "norm_topk_prob", True):

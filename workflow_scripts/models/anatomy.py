@@ -246,6 +246,13 @@ def _expert_site(i: int, block: nn.Module) -> ExpertSite | None:
             "3-D gate_up_proj [E, 2I, H] and down_proj [E, H, I] with a top-k router "
             "(Mixtral, Qwen2-MoE)"
         )
+    layout = {"is_transposed": False, "is_concatenated": True, "has_bias": False, "has_gate": True}
+    odd = [f"{k}={getattr(experts, k)}" for k, v in layout.items() if getattr(experts, k, v) != v]
+    if odd:
+        raise NotImplementedError(
+            f"layer {i}: {type(experts).__name__} stores its experts with {', '.join(odd)}; "
+            "supported: [gate; up] concatenated, not transposed, gated, no bias"
+        )
     gate_up = experts.gate_up_proj
     n_experts, two_i, _ = gate_up.shape
     top_k = getattr(router, "top_k", None) or getattr(block, "top_k", None)
@@ -492,6 +499,74 @@ def _site(
         causal=bool(getattr(attn, "is_causal", True)),
         **where,
     )
+
+
+# ------------------------------------------------------------------ summary and check
+
+
+def parallel_block(model: nn.Module) -> bool:
+    """True if attention and MLP read the same block input (GPT-NeoX's
+    ``use_parallel_residual``, GPT-J, Falcon's ``parallel_attn``). Hooks read each module's
+    own input, so no stage computes differently; the summary reports it."""
+    cfg = getattr(model, "config", None)
+    for name in ("use_parallel_residual", "parallel_attn", "parallel_block"):
+        if isinstance(getattr(cfg, name, None), bool):
+            return getattr(cfg, name)
+    return getattr(cfg, "model_type", "") in ("gptj", "phi", "cohere")
+
+
+def summary(model: nn.Module) -> dict:
+    """The decoder's anatomy as the stages read it (logged when a job loads a model):
+    layers, MLP kind per layer, attention layout, heads, q/k norm, rotary share, block."""
+    ffn = ffn_sites(model)
+    kinds = []
+    for s in ffn:
+        if isinstance(s, ExpertSite):
+            shared = " + shared expert" if s.shared is not None else ""
+            kinds.append(f"experts ({s.n_experts}, top {s.top_k}, width {s.size}){shared}")
+        else:
+            kind = "fused gate_up" if s.fused else "gated" if s.gated else "plain"
+            kinds.append(f"{kind} (width {s.size})")
+    out = {"layers": len(ffn), "mlp": sorted(set(kinds))}
+    try:
+        attn = attention_sites(model)[0]
+    except (NotImplementedError, ValueError) as err:
+        out["attention"] = f"not readable: {err}"
+    else:
+        norm = attn.q_norm if attn.q_norm is not None else attn.k_norm
+        out["attention"] = attn.qkv_layout if attn.qkv is not None else "separate"
+        out.update(heads=attn.n_heads, kv_heads=attn.n_kv_heads, head_dim=attn.head_dim)
+        out["qk_norm"] = (
+            "none"
+            if norm is None
+            else "whole projection"
+            if attn.qk_norm_over_projection()
+            else "per head"
+        )
+    cfg = getattr(model, "config", None)
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    rotary = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
+    rotary = (
+        rotary or getattr(cfg, "partial_rotary_factor", None) or getattr(cfg, "rotary_pct", None)
+    )
+    out["rotary_share"] = float(rotary) if rotary is not None else 1.0
+    out["parallel_block"] = parallel_block(model)
+    return out
+
+
+def check_supported(model: nn.Module, stage: str, parts: Sequence[str] = ()) -> None:
+    """Build every description ``stage`` will read, so that an unsupported model fails
+    when it is loaded, naming the layer, the module class and what is missing, not with
+    a shape error mid-run. ``parts``: PLND's parts."""
+    if stage in ("actcount", "lape", "experts") or "ffn" in parts:
+        sites = ffn_sites(model)
+        if stage == "experts" and not any(isinstance(s, ExpertSite) for s in sites):
+            raise ValueError(
+                f"{type(model).__name__} has no mixture-of-experts layer: routing statistics "
+                "and expert selections need one (Mixtral, Qwen2-MoE)"
+            )
+    if stage == "plnd" and set(parts) & {"q", "k", "v", "o"}:
+        attention_sites(model)
 
 
 # ------------------------------------------------------------------ final norm and head

@@ -18,4 +18,5 @@ PIM_SETTINGS = ["parallel_builder", "pim_k", "pim_template"]
 STATS_SETTINGS = {
     "plnd": "variant parts reduction top_fraction epsilon n_docs max_length batch_size split".split(),
     "lape": "n_docs max_length batch_size split".split(),
+    "experts": "n_docs max_length batch_size split".split(),  # routing.py routing_counts
 }

@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 
 from workflow_scripts.data.corpus import length_sorted_batches
-from workflow_scripts.models.anatomy import ExpertSite, ffn_sites
+from workflow_scripts.models.anatomy import ExpertSite, check_supported, ffn_sites
 from workflow_scripts.models.hooks import expert_inputs
 from workflow_scripts.models.placement import OnDevices, input_device
 from workflow_scripts.neurons.lape import lape_select
@@ -40,13 +40,8 @@ ROUTING_COLUMNS = ["layer", "expert", "count", "weight_sum", "n_tokens"]
 
 def expert_sites(model: torch.nn.Module) -> list[ExpertSite]:
     """The mixture-of-experts layers of ``model``; a clear error if it has none."""
-    sites = [s for s in ffn_sites(model) if isinstance(s, ExpertSite)]
-    if not sites:
-        raise ValueError(
-            f"{type(model).__name__} has no mixture-of-experts layer: routing statistics "
-            "and expert selections need one (Mixtral, Qwen2-MoE)"
-        )
-    return sites
+    check_supported(model, "experts")
+    return [s for s in ffn_sites(model) if isinstance(s, ExpertSite)]
 
 
 class _Routing:

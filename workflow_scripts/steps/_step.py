@@ -55,8 +55,10 @@ def model_of(snakemake, stage: str, new_tokens: int = 0):
     The model is loaded (params model_path, dtype; the job's threads) where the
     config's placement says; ``settings`` are the rule's settings with the batch size
     of that device (``placement.batch_size.<stage>`` on CUDA); the job's memory need is
-    logged and checked before anything computes (:func:`~workflow_scripts.models.memory.check_fits`).
+    logged and checked before anything computes (:func:`~workflow_scripts.models.memory.check_fits`),
+    and so is the model's anatomy for the stage (:func:`~workflow_scripts.models.anatomy.check_supported`).
     """
+    from workflow_scripts.models.anatomy import check_supported, summary
     from workflow_scripts.models.loading import load_model
     from workflow_scripts.models.memory import check_fits
     from workflow_scripts.models.placement import batch_size_for
@@ -65,6 +67,8 @@ def model_of(snakemake, stage: str, new_tokens: int = 0):
     p = snakemake.params
     model, tokenizer = load_model(p.model_path, p.dtype, threads(snakemake), where)
     settings = dict(p.settings)
+    check_supported(model, stage, settings.get("parts", ()))
+    log.info("anatomy: %s", summary(model))
     batch = batch_size_for(model, where, stage, settings["batch_size"])
     setting = f"{stage}.batch_size"
     if batch != settings["batch_size"]:
