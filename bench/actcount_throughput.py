@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from common import alternate, parser, right_padded_batches, texts_of
 
-from workflow_scripts.models.anatomy import mlp_sites
+from workflow_scripts.models.anatomy import ffn_sites
 from workflow_scripts.models.hooks import activation_hooks
 from workflow_scripts.models.loading import load_model
 from workflow_scripts.neurons.actcount import ActivationCounts, _Recorder
@@ -30,7 +30,7 @@ def main() -> None:
     texts = texts_of(args.corpus, args.lang, args.docs)
     batches = right_padded_batches(tok, texts, args.batch_size, args.max_length)
     n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    sites = mlp_sites(model)
+    sites = ffn_sites(model)  # dense MLPs or experts
 
     def trunk() -> None:
         for b in batches:
