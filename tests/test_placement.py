@@ -199,7 +199,9 @@ def test_no_implicit_devices_and_no_per_token_copies(tiny_tokenizer, sentences):
 
 def test_mixture_of_experts_stages_under_the_guard(tiny_tokenizer, sentences):
     """Counting per expert, routing statistics, PLND's expert parts and expert ablation
-    create nothing without a device, and generation's host copies do not grow."""
+    create nothing without a device; generation copies to the host only the experts' group
+    sizes, once per mixture-of-experts layer and forward call (the routing decides the
+    shapes: transformers' own experts loop syncs there too)."""
     from workflow_scripts.neurons.routing import routing_counts
 
     model = make_model(tiny_tokenizer, "qwen2_moe")
@@ -220,7 +222,8 @@ def test_mixture_of_experts_stages_under_the_guard(tiny_tokenizer, sentences):
                 model, tiny_tokenizer, texts[:4], batch_size=2, max_new_tokens=new_tokens
             )
         copies.append(len(guard.host))
-    assert copies[0] == copies[1], f"host copies grow with generated tokens: {copies}"
+    n_moe_layers, n_batches, extra_tokens = 1, 2, 8 - 2
+    assert copies[1] - copies[0] == n_moe_layers * n_batches * extra_tokens, copies
 
 
 def test_guard_catches_a_host_tensor_in_a_hook(tiny_tokenizer):

@@ -201,8 +201,9 @@ def _remove_expert_neurons(site: ExpertSite, by_expert: Mapping[int, torch.Tenso
     def hook(module, args, kwargs, output):
         hidden, index, weights = expert_inputs(module, args, kwargs)
         _, down = site.expert_weights()
+        groups = routed_rows(index, site.n_experts)
         for j, idx in by_expert.items():
-            rows = routed_rows(index, j)
+            rows = groups[j]
             if rows.numel() == 0:
                 continue
             act, up = site.activations(hidden[rows], j)

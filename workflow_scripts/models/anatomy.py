@@ -220,6 +220,11 @@ class ExpertSite:
         """``(gate_up[E, 2I, H], down[E, H, I])`` on the experts' execution device."""
         return weight(self.experts, "gate_up_proj"), weight(self.experts, "down_proj")
 
+    def gate_activations(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        """``act_fn(gate x)`` ``[N, I]`` of expert ``expert`` (the gate rows only)."""
+        gate_up, _ = self.expert_weights()
+        return self.experts.act_fn(nn.functional.linear(x, gate_up[expert, : self.size]))
+
     def activations(self, x: torch.Tensor, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(act_fn(gate x), up x)`` ``[N, I]`` of expert ``expert`` on rows ``x[N, H]``."""
         gate_up, _ = self.expert_weights()

@@ -22,9 +22,14 @@ def expert_inputs(experts: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
     return named["hidden_states"], named["top_k_index"], named["top_k_weights"]
 
 
-def routed_rows(top_k_index: torch.Tensor, expert: int) -> torch.Tensor:
-    """Rows (flattened tokens) whose top-k choice includes ``expert``, ascending."""
-    return (top_k_index == expert).any(-1).nonzero().squeeze(-1)
+def routed_rows(top_k_index: torch.Tensor, n_experts: int) -> list[torch.Tensor]:
+    """Per expert, the rows (flattened tokens) whose top-k choice includes it, ascending;
+    one stable sort and one host sync for all experts."""
+    flat = top_k_index.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    sizes = torch.bincount(flat, minlength=n_experts)[:n_experts].tolist()
+    rows = order // top_k_index.shape[-1]
+    return list(rows[: sum(sizes)].split(sizes))
 
 
 @contextlib.contextmanager
@@ -69,11 +74,11 @@ def activation_hooks(
     def on_experts(site: ExpertSite):
         def hook(module, args, kwargs, _output):
             hidden, index, _ = expert_inputs(module, args, kwargs)
-            for j in range(site.n_experts):
-                rows = routed_rows(index, j)
+            for j, rows in enumerate(routed_rows(index, site.n_experts)):
                 if rows.numel():
-                    acts, _ = site.activations(hidden[rows], j)
-                    callback(site.layer, acts, j * site.size, rows)
+                    callback(
+                        site.layer, site.gate_activations(hidden[rows], j), j * site.size, rows
+                    )
 
         return hook
 

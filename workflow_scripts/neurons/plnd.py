@@ -95,9 +95,8 @@ def expert_importance(
     on the others; ``released``: ``|W_up_j x|_k`` on the routed tokens."""
     _, down = site.expert_weights()
     out = []
-    for j in range(site.n_experts):
+    for j, rows in enumerate(routed_rows(index, site.n_experts)):
         imp = hidden.new_zeros(hidden.shape[0], site.size)
-        rows = routed_rows(index, j)
         if rows.numel():
             act, up = site.activations(hidden[rows], j)
             if variant == "released":
