@@ -77,6 +77,19 @@ def _expert_acts(block, x, j):
     return F.silu(x @ w[:size].T), x @ w[size:].T
 
 
+def _run_and_capture(model, tokenizer, texts):
+    """``(encoding, layer -> [MLP block input])`` of one forward over ``texts``."""
+    enc = _encode(tokenizer, texts)
+    seen, handles = _capture_block_inputs(model)
+    try:
+        with torch.no_grad():
+            model(**enc)
+    finally:
+        for h in handles:
+            h.remove()
+    return enc, seen
+
+
 def _capture_block_inputs(model):
     """layer -> list of the MoE/MLP block inputs ``[B, T, H]`` (own pre-hooks)."""
     seen, handles = {}, []
@@ -128,12 +141,7 @@ def test_dense_model_has_no_experts(tiny_model):
 def test_routing_equals_direct_top_k_count(moe, tiny_tokenizer):
     table = routing_counts(moe, tiny_tokenizer, TEXTS, batch_size=3)
     assert table.column_names == ROUTING_COLUMNS
-    enc = _encode(tiny_tokenizer, TEXTS)
-    seen, handles = _capture_block_inputs(moe)
-    with torch.no_grad():
-        moe(**enc)
-    for h in handles:
-        h.remove()
+    enc, seen = _run_and_capture(moe, tiny_tokenizer, TEXTS)
     valid = enc["attention_mask"].bool().reshape(-1)
     for site in (s for s in ffn_sites(moe) if isinstance(s, ExpertSite)):
         (x,) = seen[site.layer]
@@ -193,12 +201,7 @@ def test_select_experts_is_lape_over_experts():
 
 def _direct_counts(model, tokenizer, texts):
     """(layer, module, index) -> (count, positions) from the raw weights, all tokens."""
-    enc = _encode(tokenizer, texts)
-    seen, handles = _capture_block_inputs(model)
-    with torch.no_grad():
-        model(**enc)
-    for h in handles:
-        h.remove()
+    enc, seen = _run_and_capture(model, tokenizer, texts)
     valid = enc["attention_mask"].bool().reshape(-1)
     out = {}
     for i, block in enumerate(decoder_layers(model)):
@@ -285,11 +288,7 @@ def test_plnd_expert_ffn_equals_zeroing_one_neuron(moe, tiny_tokenizer):
     one expert (or the shared expert) is zeroed, measured by re-running the block."""
     enc = _encode(tiny_tokenizer, TEXTS[:2])
     scores = plnd_scores(moe, enc["input_ids"], enc["attention_mask"], parts=("ffn",))
-    seen, handles = _capture_block_inputs(moe)
-    with torch.no_grad():
-        moe(**enc)
-    for h in handles:
-        h.remove()
+    _, seen = _run_and_capture(moe, tiny_tokenizer, TEXTS[:2])
     valid = enc["attention_mask"].bool()
     site = ffn_sites(moe)[0]
     block, x = site.block, seen[0][0]

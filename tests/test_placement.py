@@ -72,6 +72,16 @@ def inference_tables(model, tok, texts) -> dict:
     return out
 
 
+def generation_host_copies(model, tok, prompts) -> list[int]:
+    """Host copies the guard sees in counting generations of 2 and of 8 new tokens."""
+    copies = []
+    for new_tokens in (2, 8):
+        with DeviceGuard(PACKAGE) as guard:
+            count_activations(model, tok, prompts, batch_size=2, max_new_tokens=new_tokens)
+        copies.append(len(guard.host))
+    return copies
+
+
 def assert_same_tables(got: dict, ref: dict, rtol: float) -> None:
     for key in ("lape", "actcount"):
         assert torch.equal(got[key].counts, ref[key].counts), key
@@ -187,13 +197,7 @@ def test_no_implicit_devices_and_no_per_token_copies(tiny_tokenizer, sentences):
         delta_scores(copy.deepcopy(model), docs, TRAIN, 0)
         freeze_train(copy.deepcopy(model), docs, region, TRAIN, 0)
     assert guard.implicit == [], guard.implicit
-    copies = []
-    for new_tokens in (2, 8):
-        with DeviceGuard(PACKAGE) as guard:
-            count_activations(
-                model, tiny_tokenizer, texts[:4], batch_size=2, max_new_tokens=new_tokens
-            )
-        copies.append(len(guard.host))
+    copies = generation_host_copies(model, tiny_tokenizer, texts[:4])
     assert copies[0] == copies[1], f"host copies grow with generated tokens: {copies}"
 
 
@@ -215,13 +219,7 @@ def test_mixture_of_experts_stages_under_the_guard(tiny_tokenizer, sentences):
             with deactivated(model, units, mode):
                 perplexity(model, tiny_tokenizer, texts, max_length=32, batch_size=3)
     assert guard.implicit == [], guard.implicit
-    copies = []
-    for new_tokens in (2, 8):
-        with DeviceGuard(PACKAGE) as guard:
-            count_activations(
-                model, tiny_tokenizer, texts[:4], batch_size=2, max_new_tokens=new_tokens
-            )
-        copies.append(len(guard.host))
+    copies = generation_host_copies(model, tiny_tokenizer, texts[:4])
     n_moe_layers, n_batches, extra_tokens = 1, 2, 8 - 2
     assert copies[1] - copies[0] == n_moe_layers * n_batches * extra_tokens, copies
 

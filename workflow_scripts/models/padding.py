@@ -31,3 +31,16 @@ def right_padded(
         input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device="cpu")
         attention_mask[row, : len(seq)] = 1
     return input_ids.to(device), attention_mask.to(device)
+
+
+def tokenize_right_padded(tokenizer, texts: Sequence[str], max_length: int):
+    """``tokenizer(texts)`` as PyTorch tensors, right-padded and truncated to
+    ``max_length`` (positions then equal those of each unpadded document)."""
+    return tokenizer(
+        list(texts),
+        return_tensors="pt",
+        padding=True,
+        padding_side="right",
+        truncation=True,
+        max_length=max_length,
+    )

@@ -29,6 +29,7 @@ import torch
 from workflow_scripts.data.corpus import length_sorted_batches
 from workflow_scripts.models.anatomy import ExpertSite, check_supported, ffn_sites
 from workflow_scripts.models.hooks import expert_inputs
+from workflow_scripts.models.padding import tokenize_right_padded
 from workflow_scripts.models.placement import OnDevices, input_device
 from workflow_scripts.neurons.lape import lape_select
 from workflow_scripts.units import EXPERT
@@ -94,14 +95,7 @@ def routing_counts(
     done = 0
     try:
         for batch in length_sorted_batches(texts, batch_size):
-            enc = tokenizer(
-                batch,
-                return_tensors="pt",
-                padding=True,
-                padding_side="right",
-                truncation=True,
-                max_length=max_length,
-            ).to(device)
+            enc = tokenize_right_padded(tokenizer, batch, max_length).to(device)
             routing.mask = OnDevices(enc["attention_mask"].bool())
             model.base_model(**enc, use_cache=False)
             done += len(batch)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 
 from workflow_scripts.data.corpus import length_sorted_batches
+from workflow_scripts.models.padding import tokenize_right_padded
 from workflow_scripts.neurons.actcount import peak_neurons
 from workflow_scripts.neurons.lape import lape_select
 from workflow_scripts.neurons.plnd import plnd_scores
@@ -63,14 +64,7 @@ def plnd_stats(model, tokenizer, texts: Sequence[str], settings: Mapping[str, An
     total: dict[tuple[int, str], torch.Tensor] = {}
     n_docs = 0
     for batch in length_sorted_batches(texts, settings["batch_size"]):
-        enc = tokenizer(
-            batch,
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-            truncation=True,
-            max_length=settings["max_length"],
-        )
+        enc = tokenize_right_padded(tokenizer, batch, settings["max_length"])
         scores = plnd_scores(
             model,
             enc["input_ids"],
