@@ -174,6 +174,17 @@ def direct_capture(model: torch.nn.Module):
             h.remove()
 
 
+def forward_with_hooks(model: torch.nn.Module, enc: Mapping, handles: list) -> None:
+    """One no-grad forward of ``model`` on ``enc``; the hook ``handles`` removed after it,
+    whatever happens."""
+    try:
+        with torch.no_grad():
+            model(**enc)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def near_ties(score, a, b, rel: float) -> tuple[int, int]:
     """Two boolean selections ``a`` (float32) and ``b`` (another precision or device) of
     neurons with float32 scores ``score`` (higher = selected first): (how many differ, how

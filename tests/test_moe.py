@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MOE_CASES, synthetic_sentences
+from conftest import MOE_CASES, forward_with_hooks, synthetic_sentences
 
 from workflow_scripts.evaluation.ablation import all_units, deactivated, random_like
 from workflow_scripts.models.anatomy import (
@@ -81,12 +81,7 @@ def _run_and_capture(model, tokenizer, texts):
     """``(encoding, layer -> [MLP block input])`` of one forward over ``texts``."""
     enc = _encode(tokenizer, texts)
     seen, handles = _capture_block_inputs(model)
-    try:
-        with torch.no_grad():
-            model(**enc)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, enc, handles)
     return enc, seen
 
 

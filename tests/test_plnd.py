@@ -13,7 +13,7 @@ import types
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import forward_with_hooks, make_model
 
 # GPT-NeoX's RoPE also handles partial rotary (it equals Llama's for full rotary)
 from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
@@ -126,12 +126,7 @@ def capture(model, enc, parts=PARTS) -> Run:
                 attn_kw[i] = {**named, **{k: kw[k] for k in ATTN_KW if k in kw}}
 
             handles.append(attn.register_forward_hook(keep, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(**enc)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, enc, handles)
     scores = plnd_scores(
         model, enc["input_ids"], enc["attention_mask"], parts=parts, keep_tokens=True
     )

@@ -46,7 +46,7 @@ from workflow_scripts.models.anatomy import (
     layer_modules,
     out_slices,
 )
-from workflow_scripts.models.hooks import expert_inputs, routed_rows
+from workflow_scripts.models.hooks import expert_inputs, routed_rows, routed_weight
 from workflow_scripts.models.placement import check_editable, execution_device
 from workflow_scripts.units import (
     ATTENTION,
@@ -206,9 +206,9 @@ def _remove_expert_neurons(site: ExpertSite, by_expert: Mapping[int, torch.Tenso
             rows = groups[j]
             if rows.numel() == 0:
                 continue
-            act, up = site.activations(hidden[rows], j)
-            w = (weights[rows] * (index[rows] == j)).sum(-1, keepdim=True)
-            removed = nn.functional.linear(act[:, idx] * up[:, idx], down[j][:, idx]) * w
+            act, up = site.activations(hidden[rows], j, idx)
+            w = routed_weight(index, weights, rows, j)
+            removed = nn.functional.linear(act * up, down[j][:, idx]) * w
             output = output.index_add(0, rows, -removed.to(output.dtype))
         return output
 

@@ -225,10 +225,17 @@ class ExpertSite:
         gate_up, _ = self.expert_weights()
         return self.experts.act_fn(nn.functional.linear(x, gate_up[expert, : self.size]))
 
-    def activations(self, x: torch.Tensor, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(act_fn(gate x), up x)`` ``[N, I]`` of expert ``expert`` on rows ``x[N, H]``."""
+    def activations(
+        self, x: torch.Tensor, expert: int, neurons: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(act_fn(gate x), up x)`` ``[N, I]`` of expert ``expert`` on rows ``x[N, H]``
+        (``[N, len(neurons)]``: only those neurons' gate and up rows)."""
         gate_up, _ = self.expert_weights()
-        gate, up = nn.functional.linear(x, gate_up[expert]).chunk(2, dim=-1)
+        if neurons is None:
+            gate, up = nn.functional.linear(x, gate_up[expert]).chunk(2, dim=-1)
+        else:
+            rows = torch.cat([neurons, neurons + self.size])
+            gate, up = nn.functional.linear(x, gate_up[expert, rows]).chunk(2, dim=-1)
         return self.experts.act_fn(gate), up
 
 
@@ -559,17 +566,25 @@ def summary(model: nn.Module) -> dict:
     return out
 
 
+def expert_sites(model: nn.Module) -> list[ExpertSite]:
+    """The mixture-of-experts layers of ``model``; a clear error if it has none."""
+    sites = [s for s in ffn_sites(model) if isinstance(s, ExpertSite)]
+    if not sites:
+        raise ValueError(
+            f"{type(model).__name__} has no mixture-of-experts layer: routing statistics "
+            "and expert selections need one (Mixtral, Qwen2-MoE)"
+        )
+    return sites
+
+
 def check_supported(model: nn.Module, stage: str, parts: Sequence[str] = ()) -> None:
     """Build every description ``stage`` will read, so that an unsupported model fails
     when it is loaded, naming the layer, the module class and what is missing, not with
     a shape error mid-run. ``parts``: PLND's parts."""
-    if stage in ("actcount", "lape", "experts") or "ffn" in parts:
-        sites = ffn_sites(model)
-        if stage == "experts" and not any(isinstance(s, ExpertSite) for s in sites):
-            raise ValueError(
-                f"{type(model).__name__} has no mixture-of-experts layer: routing statistics "
-                "and expert selections need one (Mixtral, Qwen2-MoE)"
-            )
+    if stage == "experts":
+        expert_sites(model)
+    elif stage in ("actcount", "lape") or "ffn" in parts:
+        ffn_sites(model)
     if stage == "plnd" and set(parts) & {"q", "k", "v", "o"}:
         attention_sites(model)
 

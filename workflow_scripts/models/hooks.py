@@ -32,6 +32,13 @@ def routed_rows(top_k_index: torch.Tensor, n_experts: int) -> list[torch.Tensor]
     return list(rows[: sum(sizes)].split(sizes))
 
 
+def routed_weight(
+    index: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, expert: int
+) -> torch.Tensor:
+    """``[N, 1]``: the routing weight of ``expert`` on each of its ``rows``."""
+    return (weights[rows] * (index[rows] == expert)).sum(-1, keepdim=True)
+
+
 @contextlib.contextmanager
 def activation_hooks(
     sites: Sequence[MLPSite | ExpertSite], callback: Callable[..., None]

@@ -62,7 +62,7 @@ from workflow_scripts.models.anatomy import (
     ffn_sites,
     norm_eps,
 )
-from workflow_scripts.models.hooks import expert_inputs, routed_rows
+from workflow_scripts.models.hooks import expert_inputs, routed_rows, routed_weight
 from workflow_scripts.models.placement import OnDevices, input_device
 
 PARTS = ("ffn", "q", "k", "v", "o")
@@ -102,7 +102,7 @@ def expert_importance(
             if variant == "released":
                 imp[rows] = up.abs()
             else:
-                w = (weights[rows] * (index[rows] == j)).sum(-1, keepdim=True).to(act.dtype)
+                w = routed_weight(index, weights, rows, j).to(act.dtype)
                 imp[rows] = (w * act * up).abs() * down[j].norm(dim=0).to(act.dtype)
         out.append(imp)
     return out

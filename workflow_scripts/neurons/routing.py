@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 
 from workflow_scripts.data.corpus import length_sorted_batches
-from workflow_scripts.models.anatomy import ExpertSite, check_supported, ffn_sites
+from workflow_scripts.models.anatomy import ExpertSite, expert_sites
 from workflow_scripts.models.hooks import expert_inputs
 from workflow_scripts.models.padding import tokenize_right_padded
 from workflow_scripts.models.placement import OnDevices, input_device
@@ -37,12 +37,6 @@ from workflow_scripts.units import EXPERT
 log = logging.getLogger(__name__)
 
 ROUTING_COLUMNS = ["layer", "expert", "count", "weight_sum", "n_tokens"]
-
-
-def expert_sites(model: torch.nn.Module) -> list[ExpertSite]:
-    """The mixture-of-experts layers of ``model``; a clear error if it has none."""
-    check_supported(model, "experts")
-    return [s for s in ffn_sites(model) if isinstance(s, ExpertSite)]
 
 
 class _Routing:
