@@ -41,6 +41,7 @@ include: "rules/neurons.smk"
 include: "rules/figures.smk"
 include: "rules/regions.smk"
 include: "rules/ablation.smk"
+include: "rules/steering.smk"
 include: "rules/report.smk"
 
 

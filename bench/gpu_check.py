@@ -40,7 +40,14 @@ sys.path.insert(0, str(REPO))
 
 from workflow_scripts.data.corpus import length_sorted_batches  # noqa: E402
 from workflow_scripts.evaluation.ablation import all_units, deactivated, random_like  # noqa: E402
+from workflow_scripts.evaluation.generation import greedy_continuations  # noqa: E402
+from workflow_scripts.evaluation.interventions import (  # noqa: E402
+    Intervention,
+    intervened,
+    steered,
+)
 from workflow_scripts.evaluation.perplexity import perplexity  # noqa: E402
+from workflow_scripts.evaluation.unit_stats import unit_statistics  # noqa: E402
 from workflow_scripts.io import read_parquet  # noqa: E402
 from workflow_scripts.langid import TokenLanguageClassifier  # noqa: E402
 from workflow_scripts.models.loading import convert_gguf, load_model  # noqa: E402
@@ -108,8 +115,32 @@ def stages(model, tok, texts, settings) -> dict:
             p.requires_grad_(False)
         return {n: s.cpu() for n, s in list(scores.items())[:4]}
 
+    stats, hidden, _ = unit_statistics(model, tok, texts[:8], ["mlp"], **kw)
+    keys = zip(*(stats[c].to_pylist() for c in ("layer", "module", "index")), strict=True)
+    means = dict(zip(keys, stats["mean"].to_pylist(), strict=True))
+    mu = {1: torch.tensor(hidden["mean"].to_pylist()[1], device="cpu")}
+
+    def mean_ablated():
+        with intervened(model, units, Intervention("mean"), means):
+            return perplexity(model, tok, texts, **kw)
+
+    def steered_ppl():
+        with intervened(model, units, Intervention("set", 2.0), means), steered(model, mu, 0.5):
+            return perplexity(model, tok, texts, **kw)
+
+    def steering():
+        with intervened(model, units, Intervention("set", 2.0), means), steered(model, mu, 0.5):
+            return greedy_continuations(model, tok, texts[:8], new, batch_size=8)
+
     n_tok = sum(len(d) for d in docs)
     return {
+        "unit_stats": (
+            lambda: unit_statistics(model, tok, texts, ["mlp", "q", "v"], **kw)[0],
+            n_tok,
+        ),
+        "mean_ablation": (mean_ablated, n_tok),
+        "steered_ppl": (steered_ppl, n_tok),
+        "steering": (steering, 8 * new),
         "lape": (lambda: count_activations(model, tok, texts, "all", **kw), n_tok),
         "actcount": (
             lambda: count_activations(model, tok, texts[:8], batch_size=8, max_new_tokens=new),
@@ -190,7 +221,20 @@ def compare(name: str, cpu, gpu) -> None:
     elif name == "logit_lens":
         ratio = np.abs(cpu["ratio"].to_numpy() - gpu["ratio"].to_numpy()).max()
         check(ratio <= 0.01, f"logit_lens: category shares differ by at most {ratio:.4f}")
-    elif name in ("perplexity", "ablation"):
+    elif name == "unit_stats":
+        a, b = cpu["mean"].to_numpy(), gpu["mean"].to_numpy()
+        err = np.abs(a - b).max() / (np.abs(a).max() or 1.0)
+        check(err <= 1e-3, f"unit_stats: unit means relative max diff {err:.1e}")
+    elif name == "steering":
+        same = np.mean(
+            [
+                x == y
+                for a, b in zip(cpu[1], gpu[1], strict=True)
+                for x, y in zip(a, b, strict=False)
+            ]
+        )
+        check(same >= 0.9, f"steering: {100 * same:.0f}% of greedy tokens equal under set + steer")
+    elif name in ("perplexity", "ablation", "mean_ablation", "steered_ppl"):
         rel = abs(gpu.ppl - cpu.ppl) / cpu.ppl
         check(rel <= 1e-3, f"{name}: PPL {cpu.ppl:.4f} CPU, {gpu.ppl:.4f} GPU (rel {rel:.1e})")
     elif name == "regions":
@@ -228,7 +272,7 @@ def run_model(label: str, model, tok, texts, settings, device: str | None) -> No
     for name, (fn, n_tok) in gpu.items():
         rounds = []
         for _ in range(3):
-            if name == "actcount":
+            if name in ("actcount", "steering"):
                 base = generate_seconds(gpu_model, tok, texts, settings["new_tokens"])
             else:
                 base = forward_seconds(gpu_model, tok, texts, settings, backward=name == "regions")

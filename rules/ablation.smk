@@ -24,8 +24,28 @@ rule ablate_neurons:
         **model_params(),
         languages=LANGS,
         settings=lambda wc: method_settings(wc.model, "ablation"),
+        intervention=ablation_intervention,
     script:
         "../workflow_scripts/steps/ablate_neurons.py"
+
+
+use rule ablate_neurons as ablate_neurons_by with:
+    input:
+        model=model_input,
+        selection=paths.NEURONS,
+        corpora=lambda wc: eval_corpora(wc.model).values(),
+        mean_stats=lambda wc: (
+            mean_reference_files(wc.model) if wc.intervention == "mean" else []
+        ),
+    output:
+        paths.NEURON_ABLATION_BY,
+    log:
+        logs("ablate_neurons", "model", "method", "{lang}.{intervention}"),
+    benchmark:
+        benchmarks("ablate_neurons", "model", "method", "{lang}.{intervention}")
+    wildcard_constraints:
+        method="|".join(METHODS),
+        intervention="scale|mean",
 
 
 rule perturb_regions:
@@ -74,6 +94,20 @@ rule collect_ablation:
         runtime=10,
     script:
         "../workflow_scripts/steps/collect_ablation.py"
+
+
+use rule collect_ablation as collect_ablation_by with:
+    input:
+        ablation_by_parts,
+    output:
+        paths.ABLATION_BY,
+    log:
+        logs("collect_ablation", "model", "{method}.{intervention}"),
+    benchmark:
+        benchmarks("collect_ablation", "model", "{method}.{intervention}")
+    wildcard_constraints:
+        method="|".join(METHODS),
+        intervention="scale|mean",
 
 
 rule plot_ablation:

@@ -39,6 +39,9 @@ PERTURBED = ["top", "bottom", "random"] + [
     f"monolingual_{lang}" for lang in REGION_LANGS
 ]
 ENV = "../envs/workflow.yaml"
+STEERING_METHODS = METHODS + ("diffmean",)
+# an ablation under another intervention than zero has its own files (ABLATION_BY)
+OTHER_INTERVENTIONS = [i for i in config["ablation"]["interventions"] if i != "zero"]
 
 
 def logs(rule, *parts):
@@ -349,10 +352,153 @@ def ablation_file(model, method):
     return paths.fill(paths.ABLATION, model=model, method=method)
 
 
+def unit_stats_file(model, lang, kind="units"):
+    template = paths.UNIT_STATS if kind == "units" else paths.HIDDEN_MEANS
+    return paths.fill(template, model=model, lang=lang)
+
+
+def mean_reference_files(model):
+    """The unit statistics `mean` averages over (ablation.mean_reference)."""
+    ref = method_settings(model, "ablation")["mean_reference"]
+    return [unit_stats_file(model, lang) for lang in (LANGS if ref == "all" else [ref])]
+
+
+def ablation_by_file(model, method, intervention):
+    return paths.fill(
+        paths.ABLATION_BY, model=model, method=method, intervention=intervention
+    )
+
+
+def ablation_by_parts(wildcards):
+    template = paths.fill(
+        paths.NEURON_ABLATION_BY,
+        model=wildcards.model,
+        method=wildcards.method,
+        intervention=wildcards.intervention,
+    )
+    return [template.format(lang=lang) for lang in LANGS]
+
+
+def ablation_intervention(wildcards):
+    """The ablation settings of the job's intervention (zero: none)."""
+    settings = method_settings(wildcards.model, "ablation")
+    kind = getattr(wildcards, "intervention", "zero")
+    return {
+        "kind": kind,
+        **({"factor": settings["scale"]} if kind == "scale" else {}),
+        **({"reference": settings["mean_reference"]} if kind == "mean" else {}),
+    }
+
+
+# --------------------------------------------------------------------- steering
+
+
+STEER_KEYS = {  # the steering settings each kind of job depends on
+    "neurons": ["strengths", "statistic"],
+    "diffmean": ["steer_strengths", "steer_depths"],
+}
+
+
+def steering_settings(model, method):
+    settings = method_settings(model, "steering")
+    kind = "diffmean" if method == "diffmean" else "neurons"
+    drop = {"pairs", "methods"} | {
+        key for k, keys in STEER_KEYS.items() if k != kind for key in keys
+    }
+    return {key: value for key, value in settings.items() if key not in drop}
+
+
+def steering_inputs(wildcards):
+    """Model, both languages' corpora, and the method's selections and statistics."""
+    model, source, target = wildcards.model, wildcards.source, wildcards.target
+    corpus = corpus_of(model)
+    inputs = {
+        "model": model_input(wildcards),
+        "source_corpus": corpus_file(corpus, source),
+        "target_corpus": corpus_file(corpus, target),
+    }
+    if wildcards.method == "diffmean":
+        inputs["source_hidden"] = unit_stats_file(model, source, "hidden")
+        inputs["target_hidden"] = unit_stats_file(model, target, "hidden")
+    else:
+        inputs["source_selection"] = selection_file(model, wildcards.method, source)
+        inputs["target_selection"] = selection_file(model, wildcards.method, target)
+        inputs["target_stats"] = unit_stats_file(model, target)
+    return inputs
+
+
+def steering_pairs():
+    return [tuple(pair) for pair in config["steering"]["pairs"]]
+
+
+def steering_files(wildcards):
+    methods = method_settings(wildcards.model, "steering")["methods"]
+    return [
+        paths.fill(paths.STEERING, model=wildcards.model, method=m, source=s, target=t)
+        for m in methods
+        for s, t in steering_pairs()
+    ]
+
+
+# ------------------------------------------------------------- generation cases
+
+
+def cases_settings(model, lang):
+    settings = method_settings(model, "cases")
+    steering = method_settings(model, "steering")
+    ablation = method_settings(model, "ablation")
+    prompts = settings.get("prompts", {})
+    return {
+        **{k: v for k, v in settings.items() if k != "prompts"},
+        "prompts": prompts.get(lang, prompts.get("en", [])),
+        "english_prompts": prompts.get("en", []) if lang != "en" else [],
+        "perturb": perturb_settings(model),
+        **{
+            key: steering[key]
+            for key in ("steer_depths", "statistic", "batch_size", "max_length")
+        },
+        "classifier_languages": steering["classifier_languages"],
+        "mean_reference": ablation["mean_reference"],
+        "scale": ablation["scale"],
+    }
+
+
+def case_regions(lang):
+    return ["top", "bottom", "random", "core"] + (
+        [f"monolingual_{lang}"] if lang in REGION_LANGS else []
+    )
+
+
+def cases_inputs(wildcards):
+    model, lang = wildcards.model, wildcards.lang
+    inputs = {
+        "model": model_input(wildcards),
+        "mean_stats": mean_reference_files(model),
+        "stats": unit_stats_file(model, lang),
+        "hidden": unit_stats_file(model, lang, "hidden"),
+        "en_hidden": unit_stats_file(model, "en", "hidden"),
+    }
+    for method in METHODS:
+        inputs[f"sel_{method}"] = selection_file(model, method, lang)
+    for region in case_regions(lang):
+        inputs[f"region_{region}"] = paths.fill(
+            paths.REGION, model=model, region=region
+        )
+    return inputs
+
+
 def findings_inputs(wildcards):
     """Named inputs of the findings table of one model."""
     model = wildcards.model
     inputs = {f"ablation_{m}": ablation_file(model, m) for m in METHODS}
+    for intervention in OTHER_INTERVENTIONS:
+        for m in METHODS:
+            inputs[f"ablation_{m}.{intervention}"] = ablation_by_file(
+                model, m, intervention
+            )
+    for path in steering_files(wildcards):
+        method, pair = Path(path).parent.name, Path(path).stem
+        inputs[f"steer_{method}_{pair}"] = path
     inputs["region"] = ablation_file(model, "region")
     for cond in actcount_conditions():
         inputs[f"inhibition_{cond}"] = paths.fill(
@@ -371,7 +517,12 @@ def all_targets():
         for fig in FIGURES
     ]
     tables = [
-        paths.fill(paths.TABLE, table="findings", model=model, ext="csv")
+        paths.fill(paths.TABLE, table=table, model=model, ext=ext)
         for model in MODELS
+        for table, ext in [("findings", "csv"), ("cases", "html")]
     ]
+    if steering_pairs():
+        figures += [
+            paths.fill(paths.FIGURE, figure="steering", model=model) for model in MODELS
+        ]
     return figures + tables

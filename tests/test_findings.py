@@ -212,3 +212,70 @@ def test_incomplete_tables_are_not_computed(tmp_path):
     assert pd.isna(by["B/plnd"].holds) and "no random rows" in by["B/plnd"].detail
     for cid in ("C/region", "D/region"):
         assert pd.isna(by[cid].holds) and "no known score" in by[cid].detail
+
+
+def steering_file(path, rows):
+    """A steering table from ``(setting, control, strength, [(doc_id, lang) ...])`` rows."""
+    recs = []
+    for setting, control, strength, outs in rows:
+        for doc, lang in outs:
+            recs.append(
+                {
+                    "doc_id": doc,
+                    "setting": setting,
+                    "control": control,
+                    "strength": strength,
+                    "n_units": 4,
+                    "gen_lang": lang,
+                    "lang_success": lang == "fr",
+                    "still_source": lang == "en",
+                    "chrf": 30.0 if lang == "fr" else 10.0,
+                    "chrf_source": 5.0,
+                    "ppl": 10.0,
+                    "degenerate": False,
+                }
+            )
+    write_parquet(pd.DataFrame(recs).to_dict("list"), path)
+    return path
+
+
+def test_steering_claims_hand_computed(tmp_path):
+    docs = [f"d{i}" for i in range(10)]
+    en, fr = [(d, "en") for d in docs], [(d, "fr") for d in docs]
+    lape = steering_file(
+        tmp_path / "lape.parquet",
+        [
+            ("none", "none", 0.0, en),
+            ("deactivate", "selected", 0.0, [(d, "de") for d in docs]),  # stops writing en
+            ("deactivate", "random", 0.0, en),
+            ("both", "selected", 2.0, fr[:8] + en[8:]),  # 80% French
+            ("both", "random", 2.0, en),
+        ],
+    )
+    diffmean = steering_file(
+        tmp_path / "dm.parquet",
+        [("none", "none", 0.0, en), ("steer", "selected", 1.0, fr), ("steer", "random", 1.0, en)],
+    )
+    steering = {("lape", "en", "fr"): lape, ("diffmean", "en", "fr"): diffmean}
+    table = findings_table({}, None, {}, {}, "tiny", steering=steering)
+    assert len(table) == 13 + 9
+    rows = table[table["method"] == "lape"].set_index("claim_id")
+    assert rows.loc["H", ["value", "reference"]].tolist() == [0.8, 0.0]
+    assert bool(rows.loc["H", "holds"]) and "both x2" in rows.loc["H", "detail"]
+    assert rows.loc["I", ["value", "reference"]].tolist() == [0.8, 1.0]  # DiffMean steers better
+    assert not bool(rows.loc["I", "holds"])
+    assert rows.loc["J", ["value", "reference"]].tolist() == [0.0, 1.0]
+    assert bool(rows.loc["J", "holds"])
+    other = table[table["method"] == "plnd"].set_index("claim_id")
+    assert other.loc["H", "detail"].startswith("not computed")
+    assert pd.isna(other.loc["H", "holds"])
+
+
+def test_intervention_rows_are_labelled(tmp_path):
+    changes = {("selected", -1): {"en": [0.5, 0.1, 0.1], "fr": [0.1, 0.6, 0.1], "de": [0, 0, 0.7]}}
+    changes[("random", 0)] = {t: [0.01, 0.01, 0.01] for t in LANGS}
+    path = matrix_file(tmp_path / "mean.parquet", changes)
+    table = findings_table({}, None, {}, {}, "tiny", interventions={"mean": {"lape": path}})
+    rows = table[table["method"] == "lape (mean)"]
+    assert sorted(rows["claim_id"]) == ["A", "B"] and rows["holds"].all()
+    assert (rows["source"] == "Tang et al. 2024 (LAPE)").all()

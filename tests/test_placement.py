@@ -224,6 +224,42 @@ def test_mixture_of_experts_stages_under_the_guard(tiny_tokenizer, sentences):
     assert copies[1] - copies[0] == n_moe_layers * n_batches * extra_tokens, copies
 
 
+def test_interventions_and_steering_under_the_guard(tiny_tokenizer, sentences):
+    """Unit statistics, every unit intervention, DiffMean steering and steered generation
+    create nothing without a device, and steered generation's host copies do not grow
+    with the generated tokens (one copy of the new ids per prompt and batch)."""
+    from workflow_scripts.evaluation.generation import greedy_continuations
+    from workflow_scripts.evaluation.interventions import Intervention, intervened, steered
+    from workflow_scripts.evaluation.unit_stats import unit_statistics
+
+    model = make_model(tiny_tokenizer, "qwen2_gqa")
+    texts = texts_of(sentences)
+    units = [(0, "mlp", 1), (1, "q", 2), (1, "v", 3), (0, "o", 5)]
+    with DeviceGuard(PACKAGE) as guard:
+        table, hidden, _ = unit_statistics(
+            model, tiny_tokenizer, texts, max_length=32, batch_size=3
+        )
+        keys = zip(*(table[c].to_pylist() for c in ("layer", "module", "index")), strict=True)
+        values = dict(zip(keys, table["mean"].to_pylist(), strict=True))
+        mu = torch.tensor(hidden["mean"].to_pylist()[0], device="cpu")
+        for iv in (Intervention("scale", 2.0), Intervention("mean"), Intervention("set", 3.0)):
+            with intervened(model, units, iv, values):
+                perplexity(model, tiny_tokenizer, texts, max_length=32, batch_size=3)
+        with steered(model, {0: mu}, 0.5):
+            perplexity(model, tiny_tokenizer, texts, max_length=32, batch_size=3)
+    assert guard.implicit == [], guard.implicit
+    copies = []
+    for new_tokens in (2, 8):
+        with DeviceGuard(PACKAGE) as guard:
+            with (
+                intervened(model, units, Intervention("set", 2.0), values),
+                steered(model, {0: mu}, 0.5),
+            ):
+                greedy_continuations(model, tiny_tokenizer, texts[:4], new_tokens, batch_size=2)
+        copies.append(len(guard.host))
+    assert copies[0] == copies[1], f"host copies grow with generated tokens: {copies}"
+
+
 def test_guard_catches_a_host_tensor_in_a_hook(tiny_tokenizer):
     """The guard itself: a hook that creates its accumulator without a device is caught."""
     model = make_model(tiny_tokenizer)

@@ -23,7 +23,12 @@ TARGETS += [
     "results/figures/ablation_tq.png",
     "results/figures/regions_tq.png",
     "results/tables/findings_tq.csv",
+    "results/figures/steering_tq.png",
+    "results/tables/cases_tq.html",
 ]
+# what follows a changed selection: its steering jobs (en->fr, en->zh), every cases job
+STEERING = {"collect_steering": 1, "plot_steering": 1}
+CASES = {"generation_cases": 3, "collect_cases": 1}
 METHODS = ("plnd", "lape", "actcount")
 
 
@@ -143,12 +148,18 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
     ablation = {"ablate_neurons": 12, "collect_ablation": 4, "plot_ablation": 1}
     # ... and of every region perturbation (fr, zh stay the region languages)
     regions = {"perturb_regions": 5, "plot_regions": 1, "findings": 1}
+    # steering pairs stay en->fr, en->zh: only the neuron methods' jobs follow the
+    # selections; the cases gain ja (and the pooled means its statistics)
+    steering = {"steer": 6, **STEERING, "unit_stats": 1}
+    cases = {"generation_cases": 4, "collect_cases": 1}
     assert job_stats(out2) == {
         "prepare_corpus": 1,
         **per_language,
         **aggregates,
         **ablation,
         **regions,
+        **steering,
+        **cases,
     }
     assert "pretrain_tiny" not in out2
     prepared = re.findall(r"output: (results/corpus/\S+)", out2)
@@ -175,6 +186,9 @@ def test_rerun_one_language_reruns_it_and_the_aggregates(workflow_run):
         "collect_ablation": 1,
         "plot_ablation": 1,
         "findings": 1,
+        "steer": 2,
+        **STEERING,
+        **CASES,
     }
     assert f"output: {target}" in out2
 
@@ -192,6 +206,9 @@ def test_changing_a_selection_parameter_reruns_only_that_selection(workflow_run)
         "plot_neurons": 2,
         **lape_ablation,
         "findings": 1,
+        "steer": 2,
+        **STEERING,
+        **CASES,
     }
     methods = set(re.findall(r"wildcards: model=\w+, method=(\w+)", out2))
     assert methods == {"lape"}
@@ -262,7 +279,10 @@ def test_regions_and_findings(workflow_run):
     assert set(perturbation.setting) == {"base", "top", "bottom", "random", "monolingual"}
     assert set(perturbation.eval_lang) == {"en", "fr", "zh"}
     findings = pq.read_table(res / "tables" / "findings_tq.parquet").to_pandas()
-    assert len(findings) == 13 and findings["value"].notna().sum() >= 10
+    # 13 perplexity and selection claims, H-J per neuron method from the steering pairs
+    assert len(findings) == 22 and findings["value"].notna().sum() >= 19
+    steering = findings[findings["claim_id"].isin(["H", "I", "J"])]
+    assert steering["detail"].str.contains("95% CI").all()
     assert (res / "tables" / "findings_tq.csv").read_text().startswith("model,claim_id")
 
 
@@ -285,6 +305,7 @@ def test_region_freeze_rule_and_single_region_rerun(workflow_run):
         "collect_ablation": 1,
         "plot_regions": 1,
         "findings": 1,
+        **CASES,
     }
 
 
@@ -298,5 +319,28 @@ def test_report_builds_offline(workflow_run):
         names = zf.namelist()
         assert any(n.endswith("regions_tq.png") for n in names)
         assert any(n.endswith("ablation_tq.png") for n in names)
+        assert any(n.endswith("steering_tq.png") for n in names)
+        assert any(n.endswith("cases_tq.html") for n in names)
         assert any(n.endswith("findings_tq.csv") for n in names)
         assert sum(n.endswith(".png") for n in names) >= 10
+
+
+def test_steering_and_cases(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    res = workdir / "results"
+    for method in ("plnd", "lape", "actcount", "diffmean"):
+        for pair in ("en_fr", "en_zh"):
+            table = pq.read_table(res / "steering" / "tq" / method / f"{pair}.parquet").to_pandas()
+            # 2 prompts x (none + settings): neurons 1 + 2 x (1 + 2 x 2), DiffMean 1 + 2 x 3
+            assert len(table) == 2 * (11 if method != "diffmean" else 7)
+            assert set(table["control"]) == {"none", "selected", "random"}
+            assert table["chrf"].between(0, 100).all()
+            assert (table["n_new_tokens"] <= 6).all()
+    summary = pq.read_table(res / "tables" / "steering_tq.parquet").to_pandas()
+    assert summary["combined"].between(0, 1).all()
+    assert (summary["success_lo"] <= summary["success"] + 1e-12).all()
+    cases = pq.read_table(res / "cases" / "tq" / "fr.parquet").to_pandas()
+    assert {"no intervention", "region core (zero)"} <= set(cases["case"])
+    assert set(cases["prompt_lang"]) == {"fr", "en"}
+    assert "Fudan" in (res / "tables" / "cases_tq.html").read_text(encoding="utf-8")

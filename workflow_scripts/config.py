@@ -23,6 +23,7 @@ BUNDLED_CORPUS = REPO / "resources" / "corpus" / "bundled.parquet"
 MODEL_KINDS = ("path", "gguf", "tiny")
 # sections a model entry may override (merged over the global section, then validated)
 MODEL_OVERRIDES = ("placement", "plnd", "lape", "experts", "logit_lens", "ablation", "regions")
+MODEL_OVERRIDES += ("unit_stats", "steering", "cases")
 
 
 def load_schema() -> dict[str, Any]:
@@ -112,6 +113,8 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"model {model!r}: regions.languages is global (set it under regions:)"
             )
+        if "pairs" in spec.get("steering", {}):
+            raise ValueError(f"model {model!r}: steering.pairs is global (set it under steering:)")
         for method in MODEL_OVERRIDES:  # per-model overrides obey the schema
             if method in spec:
                 merged = (
@@ -127,6 +130,7 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
         check_language(lang)
     for lang in config["regions"]["languages"]:
         check_language(lang)
+    check_interventions(config)
     for spec in datasets.values():
         for lang in [spec["source_lang"], *spec["languages"]]:
             check_language(lang)
@@ -144,3 +148,32 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
                 f"actcount.parallel_languages {missing} are not languages of dataset {name!r} "
                 f"({', '.join(sorted(have))}): add them to datasets.{name}.languages"
             )
+
+
+def check_interventions(config: Mapping[str, Any]) -> None:
+    """Steering pairs, the mean reference and the cases' prompts name configured languages
+    (whose corpora the workflow prepares)."""
+    langs = config["languages"]
+    for source, target in config["steering"]["pairs"]:
+        if source == target:
+            raise ValueError(f"steering.pairs: {source}->{target} steers a language to itself")
+        for lang in (source, target):
+            if lang not in langs:
+                raise ValueError(
+                    f"steering.pairs: {lang!r} of the pair {source}->{target} is not one of "
+                    f"languages: ({', '.join(langs)}), so it has no corpus"
+                )
+    ablation = config["ablation"]
+    other = [i for i in ablation["interventions"] if i != "zero"]
+    if other and ablation["mode"] == "weights":
+        raise ValueError(
+            f"ablation.interventions {other} act through hooks: set ablation.mode to hooks"
+        )
+    ref = ablation["mean_reference"]
+    if ref != "all" and ref not in langs:
+        raise ValueError(
+            f"ablation.mean_reference: {ref!r} is neither 'all' nor one of languages: "
+            f"({', '.join(langs)})"
+        )
+    for lang in config["cases"].get("prompts", {}):
+        check_language(lang)

@@ -34,6 +34,14 @@ REGION_ABLATION = f"{RESULTS}/ablation/{{model}}/region/{{region}}.parquet"
 ABLATION = f"{RESULTS}/ablation/{{model}}/{{method}}.parquet"
 FIGURE = f"{RESULTS}/figures/{{figure}}_{{model}}.png"
 TABLE = f"{RESULTS}/tables/{{table}}_{{model}}.{{ext}}"
+# interventions' statistics (STATS with method means / hidden), steering, generation cases
+UNIT_STATS = f"{RESULTS}/stats/{{model}}/means/{{lang}}.parquet"
+HIDDEN_MEANS = f"{RESULTS}/stats/{{model}}/hidden/{{lang}}.parquet"
+STEERING = f"{RESULTS}/steering/{{model}}/{{method}}/{{source}}_{{target}}.parquet"
+CASES = f"{RESULTS}/cases/{{model}}/{{lang}}.parquet"
+# an ablation under another intervention than zero (results/ablation/{model}/{method}.mean.parquet)
+NEURON_ABLATION_BY = f"{RESULTS}/ablation/{{model}}/{{method}}/{{lang}}.{{intervention}}.parquet"
+ABLATION_BY = f"{RESULTS}/ablation/{{model}}/{{method}}.{{intervention}}.parquet"
 
 
 def fill(template: str, **values: object) -> str:

@@ -1,284 +1,42 @@
 """Ablation of selected neurons and its evaluation by perplexity (docs/methods.md, "Ablation").
 
 A unit is ``(layer, module, index)`` as in the selection tables
-(:mod:`workflow_scripts.units`). Deactivating it means (docs/methods.md, "Ablation"):
-
-- ``mlp`` k: zero row k of ``gate/up`` (``W_in`` for plain MLPs) and column k of
-  ``down``; with hooks, zero channel k of the down projection's *input* (the
-  neuron's whole contribution), which gives the same output exactly;
-- ``q``/``k``/``v`` c: zero output channel c of that projection (its weight row and
-  bias; in a fused qkv, the channel ``AttentionSite.projection`` maps c to); with hooks,
-  zero that channel of the projection's output (before Gemma 3's or OLMo 2's
-  ``q_norm``/``k_norm``, exactly like the zeroed row);
-- ``o`` c: zero input channel c of ``o_proj`` (its weight column);
-- ``mlp.e<j>`` k (neuron k of routed expert j): zero rows k and I + k of expert j's
-  ``gate_up_proj`` and column k of its ``down_proj``; with hooks, subtract the neuron's
-  contribution from the experts module's output on the tokens routed to j (the experts
-  are one module with 3-D weights: no per-expert activation to hook); ``mlp.shared`` k
-  as ``mlp`` k of the shared expert;
-- ``expert`` j: route around expert j: the router's top-k is taken with j's logit at
-  -inf, so tokens go to the best remaining experts. Routing has no weight edit, so this
-  is a hook in both modes.
-
-:func:`deactivated` does either (``mode="hooks"`` or ``"weights"``) and restores
-the model on exit; perplexity comes from :mod:`workflow_scripts.evaluation.perplexity`.
-:func:`ablation_matrix` evaluates every target language's selection, and equal-count
-random selections of the same (layer, module) strata, in every evaluation language.
+(:mod:`workflow_scripts.units`); what deactivating (or any other intervention on) it
+means is in :mod:`workflow_scripts.evaluation.interventions`. :func:`ablation_matrix`
+evaluates every target language's selection, and equal-count random selections of the
+same (layer, module) strata, in every evaluation language, under one intervention
+(``zero`` by default, or ``scale`` / ``mean`` / ``set``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import torch
 from torch import nn
 
+from workflow_scripts.evaluation.interventions import (
+    MODES,
+    Intervention,
+    Unit,
+    as_unit,
+    deactivated,
+    intervened,
+    validate_units,
+)
 from workflow_scripts.evaluation.perplexity import perplexity
-from workflow_scripts.models.anatomy import (
-    ExpertSite,
-    attention_sites,
-    ffn_sites,
-    in_slices,
-    layer_modules,
-    out_slices,
-)
-from workflow_scripts.models.hooks import expert_inputs, routed_rows, routed_weight
-from workflow_scripts.models.placement import check_editable, execution_device
-from workflow_scripts.units import (
-    ATTENTION,
-    DENSE_MODULES,
-    EXPERT,
-    expert_of,
-    family,
-    unknown_modules,
-)
+from workflow_scripts.models.anatomy import ExpertSite, attention_sites, ffn_sites, layer_modules
+from workflow_scripts.units import ATTENTION, DENSE_MODULES, EXPERT, family, unknown_modules
 
 log = logging.getLogger(__name__)
 
-Unit = tuple[int, str, int]  # (layer, module, index): workflow_scripts/units.py
-MODES = ("hooks", "weights")
+__all__ = ["MODES", "Intervention", "deactivated", "intervened"]  # re-exported
 SETTINGS = ("base", "selected", "random")
+# what the perplexity matrix accepts (set needs a second language: the steering experiment)
+ABLATION_INTERVENTIONS = ("zero", "scale", "mean")
 MATRIX_COLUMNS = ["setting", "target_lang", "eval_lang", "n_units", "ppl", "base_ppl", "seed"]
-
-
-# -------------------------------------------------------------------- deactivation
-
-
-def _unit(u: Sequence) -> Unit:
-    layer, module, index = u
-    return int(layer), str(module), int(index)
-
-
-def _group_units(units: Iterable[Unit]) -> dict[tuple[int, str], list[int]]:
-    groups: dict[tuple[int, str], set[int]] = {}
-    for layer, module, index in map(_unit, units):
-        bad = unknown_modules([module])
-        if bad:
-            raise ValueError(f"deactivate: unknown module {module!r} (workflow_scripts/units.py)")
-        groups.setdefault((layer, module), set()).add(index)
-    return {key: sorted(v) for key, v in sorted(groups.items())}
-
-
-def _layer_site(sites: Sequence, layer: int):
-    if not 0 <= layer < len(sites):
-        raise ValueError(f"deactivate: layer {layer} out of range (model has {len(sites)})")
-    return sites[layer]
-
-
-def _expert_layer(site, layer: int, module: str) -> ExpertSite:
-    if not isinstance(site, ExpertSite):
-        raise ValueError(f"deactivate: layer {layer} has no experts, so no {module!r} units")
-    return site
-
-
-def _check_range(layer: int, module: str, indices: Sequence[int], size: int) -> None:
-    bad = [i for i in indices if not 0 <= i < size]
-    if bad:
-        raise ValueError(f"deactivate: layer {layer} {module} has {size} units, not {bad[:5]}")
-
-
-def _plan(model: nn.Module, groups: Mapping[tuple[int, str], list[int]]) -> list[tuple]:
-    """Per (layer, module): (hook kind, hooked module, what to zero, weight slices to zero).
-
-    Kinds: ``pre`` zeroes input channels, ``out`` output channels, ``experts`` removes
-    expert neurons' contributions from the experts module's output, ``route`` takes
-    experts out of the router's choice.
-    """
-    families = {family(m) for _, m in groups}
-    fsites = ffn_sites(model) if "mlp" in families or EXPERT in families else []
-    asites = attention_sites(model) if families & set(ATTENTION) else []
-    plan = []
-    experts: dict[int, dict[int, torch.Tensor]] = {}  # layer -> expert -> neurons
-    for (layer, module), indices in groups.items():
-        idx = torch.tensor(indices, dtype=torch.long, device="cpu")
-        if module == EXPERT:
-            site = _expert_layer(_layer_site(fsites, layer), layer, module)
-            _check_range(layer, module, indices, site.n_experts)
-            if len(indices) > site.n_experts - site.top_k:
-                raise ValueError(
-                    f"deactivate: layer {layer} routes every token to {site.top_k} of "
-                    f"{site.n_experts} experts; {len(indices)} cannot be removed"
-                )
-            plan.append(("route", site, idx.to(execution_device(site.router)), []))
-            continue
-        if family(module) == "mlp":
-            site = _layer_site(fsites, layer)
-            j = expert_of(module)
-            if j is not None:  # neurons inside routed expert j
-                site = _expert_layer(site, layer, module)
-                if j >= site.n_experts:
-                    raise ValueError(
-                        f"deactivate: layer {layer} has {site.n_experts} experts, no {module!r}"
-                    )
-                _check_range(layer, module, indices, site.size)
-                experts.setdefault(layer, {})[j] = idx
-                continue
-            if module == "mlp.shared":
-                site = _expert_layer(site, layer, module).shared
-                if site is None:
-                    raise ValueError(f"deactivate: layer {layer} has no shared expert")
-            elif isinstance(site, ExpertSite):
-                raise ValueError(
-                    f"deactivate: layer {layer} is a mixture of experts: name its neurons "
-                    "mlp.e<j> or mlp.shared, not mlp"
-                )
-            _check_range(layer, module, indices, site.size)
-            idx = idx.to(execution_device(site.down))
-            plan.append(
-                ("pre", site.down, idx, site.neuron_slices(idx) + in_slices(site.down, idx))
-            )
-            continue
-        site = _layer_site(asites, layer)
-        _check_range(layer, module, indices, site.size(module))
-        if module == "o":
-            idx = idx.to(execution_device(site.o))
-            plan.append(("pre", site.o, idx, in_slices(site.o, idx)))
-        else:  # q/k/v: channels of its own projection, or of the fused qkv
-            hooked, channels = site.projection(module)
-            idx = channels[idx].to(execution_device(hooked))
-            plan.append(("out", hooked, idx, out_slices(hooked, idx)))
-    for layer, by_expert in experts.items():
-        site = fsites[layer]
-        device = execution_device(site.experts)
-        by_expert = {j: idx.to(device) for j, idx in sorted(by_expert.items())}
-        gate_up, down = site.experts.gate_up_proj, site.experts.down_proj
-        slices = [
-            s
-            for j, idx in by_expert.items()
-            for s in (
-                (gate_up, (j, idx)),
-                (gate_up, (j, idx + site.size)),
-                (down, (j, slice(None), idx)),
-            )
-        ]
-        plan.append(("experts", site, by_expert, slices))
-    return plan
-
-
-def _zero_input(idx: torch.Tensor):
-    def hook(_module, args):
-        return (args[0].index_fill(-1, idx, 0), *args[1:])
-
-    return hook
-
-
-def _zero_output(idx: torch.Tensor):
-    def hook(_module, _args, output):
-        return output.index_fill(-1, idx, 0)
-
-    return hook
-
-
-def _remove_expert_neurons(site: ExpertSite, by_expert: Mapping[int, torch.Tensor]):
-    """Subtract neurons' contributions ``w_j * (act * up)_k * down_j[:, k]`` from the
-    experts' output, on the tokens routed to each expert j (equal, up to rounding, to
-    zeroing their rows of gate_up and columns of down)."""
-
-    def hook(module, args, kwargs, output):
-        hidden, index, weights = expert_inputs(module, args, kwargs)
-        _, down = site.expert_weights()
-        groups = routed_rows(index, site.n_experts)
-        for j, idx in by_expert.items():
-            rows = groups[j]
-            if rows.numel() == 0:
-                continue
-            act, up = site.activations(hidden[rows], j, idx)
-            w = routed_weight(index, weights, rows, j)
-            removed = nn.functional.linear(act * up, down[j][:, idx]) * w
-            output = output.index_add(0, rows, -removed.to(output.dtype))
-        return output
-
-    return hook
-
-
-def _route_around(site: ExpertSite, banned: torch.Tensor):
-    """Re-run the router's top-k choice with ``banned`` experts' logits at -inf: tokens go
-    to the best remaining experts; weights renormalised over the top k as the router
-    does (always for Mixtral; if ``norm_topk_prob`` for Qwen2-MoE)."""
-
-    def hook(module, _args, output):
-        if not (isinstance(output, tuple) and len(output) == 3):
-            raise NotImplementedError(
-                f"layer {site.layer}: router {type(module).__name__} does not return "
-                "(logits, top-k weights, top-k indices); experts cannot be routed around"
-            )
-        logits, scores, _ = output
-        masked = logits.index_fill(-1, banned, float("-inf"))
-        probs = torch.softmax(masked.float(), dim=-1)
-        top, chosen = torch.topk(probs, site.top_k, dim=-1)
-        if getattr(module, "norm_topk_prob", True):
-            top = top / top.sum(-1, keepdim=True)
-        return masked, top.to(scores.dtype), chosen
-
-    return hook
-
-
-@contextlib.contextmanager
-def deactivated(model: nn.Module, neurons: Iterable[Unit], mode: str = "hooks") -> Iterator[None]:
-    """Deactivate ``(layer, module, index)`` units of ``model`` while the context is active.
-
-    ``mode="hooks"``: forward (pre-)hooks zero the units' channels (see the module
-    docstring); ``mode="weights"``: the rows/columns (and biases) are zeroed in place
-    and the saved values written back. Either way the model is restored on exit, also
-    after an exception. Units are validated before anything is changed.
-    """
-    if mode not in MODES:
-        raise ValueError(f"deactivate: mode must be one of {MODES}, got {mode!r}")
-    if mode == "weights":
-        check_editable(model, "ablation mode weights")
-    plan = _plan(model, _group_units(neurons))
-    handles: list = []
-    saved: list[tuple[torch.Tensor, tuple, torch.Tensor]] = []
-    try:
-        for kind, site, idx, _ in plan:  # routing has no weight edit: a hook either way
-            if kind == "route":
-                handles.append(site.router.register_forward_hook(_route_around(site, idx)))
-        if mode == "hooks":
-            for kind, module, idx, _ in plan:
-                if kind == "pre":
-                    handles.append(module.register_forward_pre_hook(_zero_input(idx)))
-                elif kind == "out":
-                    handles.append(module.register_forward_hook(_zero_output(idx)))
-                elif kind == "experts":
-                    hook = _remove_expert_neurons(module, idx)
-                    handles.append(module.experts.register_forward_hook(hook, with_kwargs=True))
-        else:
-            with torch.no_grad():
-                targets = [s for *_, slices in plan for s in slices]
-                saved = [(t, where, t[where].clone()) for t, where in targets]
-                for t, where, _ in saved:
-                    t[where] = 0
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for t, where, values in reversed(saved):
-                t[where] = values
 
 
 # ---------------------------------------------------------------------- unit sets
@@ -356,6 +114,8 @@ def ablation_matrix(
     n_random: int = 3,
     seed: int = 0,
     mode: str = "hooks",
+    intervention: Intervention | None = None,
+    values: Mapping[Unit, float] | None = None,
     **ppl_kwargs,
 ) -> pa.Table:
     """Perplexity of every (target language's ablation, evaluation language) pair.
@@ -365,14 +125,22 @@ def ablation_matrix(
     ``selected`` row and ``n_random`` ``random`` rows (seeds ``seed, seed+1, ...``,
     :func:`random_like`); ``seed`` is -1 for non-random rows. The base perplexity is
     computed once per evaluation language. An empty selection gives rows with n_units 0
-    and ppl = base_ppl (and a warning). ``ppl_kwargs`` go to :func:`perplexity`.
+    and ppl = base_ppl (and a warning). ``intervention`` (default ``zero``) is applied to
+    the selected and the random units alike, with ``values`` for ``mean``
+    (:func:`~workflow_scripts.evaluation.interventions.intervened`). ``ppl_kwargs`` go to
+    :func:`perplexity`.
     """
+    intervention = intervention or Intervention("zero")
+    if intervention.kind not in ABLATION_INTERVENTIONS:
+        raise ValueError(
+            f"ablation: intervention {intervention.kind!r} is not one of {ABLATION_INTERVENTIONS}"
+        )
     empty = [lang for lang, texts in eval_texts.items() if not texts]
     if empty or not eval_texts:
         raise ValueError(f"ablation: evaluation languages without texts: {empty or 'all'}")
-    selections = {t: sorted({_unit(u) for u in units}) for t, units in selections.items()}
+    selections = {t: sorted({as_unit(u) for u in units}) for t, units in selections.items()}
     for units in selections.values():  # validate every unit before computing anything
-        _plan(model, _group_units(units))
+        validate_units(model, units)
     rows: dict[str, list] = {c: [] for c in MATRIX_COLUMNS}
 
     def add(setting, target, lang, n_units, ppl, base, row_seed=-1) -> None:
@@ -401,7 +169,7 @@ def ablation_matrix(
                 for lang in eval_texts:
                     add(setting, target, lang, 0, base[lang], base[lang], row_seed)
                 continue
-            with deactivated(model, chosen, mode=mode):
+            with intervened(model, chosen, intervention, values, mode):
                 for lang, texts in eval_texts.items():
                     ppl = perplexity(model, tokenizer, texts, **ppl_kwargs).ppl
                     add(setting, target, lang, len(chosen), ppl, base[lang], row_seed)

@@ -12,10 +12,13 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
+from workflow_scripts.evaluation.bootstrap import bootstrap_interval
+from workflow_scripts.evaluation.steering import best_settings, summarize
 from workflow_scripts.io import atomic_path, read_metadata, read_parquet, write_parquet
 from workflow_scripts.neurons.summary import default_stages, selection_counts
 from workflow_scripts.regions.scores import IMPORTANT_END
@@ -62,6 +65,25 @@ CLAIMS = {  # claim_id -> (claim, how it is measured)
         "English has the fewest language-specific neurons.",
         "Selected neurons for en (value) vs the fewest of any other language (reference); "
         "holds if value < reference.",
+    ),
+    "H": (
+        "Activating a target language's neurons (and deactivating the source's) steers "
+        "generation into the target language more than an equal-size random set.",
+        "Mean over steering pairs of the target-language share of the method's best setting "
+        "(highest combined score; value) vs the random units at the same setting (reference); "
+        "holds if the bootstrap interval of the per-prompt difference is above 0.",
+    ),
+    "I": (
+        "Steering through language neurons beats the DiffMean residual-direction baseline.",
+        "Mean over pairs of the target-language share, the method's best setting (value) vs "
+        "DiffMean's best (reference), on the same prompts; holds if the bootstrap interval of "
+        "the per-prompt difference is above 0.",
+    ),
+    "J": (
+        "Deactivating a language's neurons makes the model stop writing that language.",
+        "Share of continuations of source-language prompts still identified as the source "
+        "language with its neurons deactivated (value) vs without (reference); holds if the "
+        "interval of the per-prompt drop is above 0 and the drop exceeds random units'.",
     ),
     "G": (
         "Language-specific neurons concentrate in the first and last layers.",
@@ -118,7 +140,8 @@ def _own(m: pd.DataFrame, targets: list[str]) -> pd.Series:
 
 
 def _neuron_claims(method: str, path: PathLike | None) -> list[dict]:
-    """Claims A and B for one method's ablation table."""
+    """Claims A and B for one method's ablation table (``method`` may carry the
+    intervention: ``"plnd (mean)"``)."""
     if skip := _missing({f"{method} ablation": path}):
         return [_row("A", method, detail=skip), _row("B", method, detail=skip)]
     df = _changes(path)
@@ -235,12 +258,97 @@ def _selection_claims(method: str, paths: Mapping[str, PathLike | None]) -> list
     return [*rows, _row("G", method, float(value), float(ref), value > ref, detail)]
 
 
+def _steering_frames(paths: Mapping[tuple[str, str, str], PathLike]) -> dict:
+    return {key: read_parquet(p).to_pandas() for key, p in paths.items()}
+
+
+def _per_prompt(df: pd.DataFrame, setting: str, strength: float, control: str, col: str):
+    rows = df[(df["setting"] == setting) & (df["control"] == control)]
+    rows = rows[np.isclose(rows["strength"], strength)]
+    return rows.groupby("doc_id")[col].mean().astype(float)
+
+
+def _interval_detail(diff: pd.Series) -> tuple[float, float, str]:
+    lo, hi = bootstrap_interval(diff.to_numpy())
+    return (
+        lo,
+        hi,
+        f"difference {diff.mean():+.3f} [95% CI {lo:+.3f}, {hi:+.3f}] over {len(diff)} prompts",
+    )
+
+
+def _steering_claims(paths: Mapping[tuple[str, str, str], PathLike] | None) -> list[dict]:
+    """Claims H, I and J for each neuron method, from the per-prompt steering tables."""
+    methods = ("plnd", "lape", "actcount")
+    if not paths:
+        skip = "not computed: no steering tables (steering.pairs empty?)"
+        return [_row(c, m, detail=skip) for m in methods for c in ("H", "I", "J")]
+    frames = _steering_frames(paths)
+    best = best_settings(summarize(frames)).set_index(["method", "source", "target"])
+    rows = []
+    for m in methods:
+        keys = [k for k in frames if k[0] == m]
+        if not keys:
+            skip = f"not computed: no {m} steering table"
+            rows += [_row(c, m, detail=skip) for c in ("H", "I", "J")]
+            continue
+        sel, rnd, dm, still_none, still_off, still_rnd = [], [], [], [], [], []
+        for key in keys:
+            df, b = frames[key], best.loc[key]
+            sel.append(_per_prompt(df, b["setting"], b["strength"], "selected", "lang_success"))
+            rnd.append(_per_prompt(df, b["setting"], b["strength"], "random", "lang_success"))
+            dkey = ("diffmean", key[1], key[2])
+            if dkey in frames:
+                d = best.loc[dkey]
+                dm.append(
+                    _per_prompt(frames[dkey], "steer", d["strength"], "selected", "lang_success")
+                )
+            still_none.append(_per_prompt(df, "none", 0.0, "none", "still_source"))
+            still_off.append(_per_prompt(df, "deactivate", 0.0, "selected", "still_source"))
+            still_rnd.append(_per_prompt(df, "deactivate", 0.0, "random", "still_source"))
+        pairs = ", ".join(f"{s}->{t}" for _, s, t in keys)
+        s_all, r_all = pd.concat(sel, ignore_index=True), pd.concat(rnd, ignore_index=True)
+        diff = s_all - r_all
+        lo, _, text = _interval_detail(diff)
+        settings = ", ".join(f"{best.loc[k, 'setting']} x{best.loc[k, 'strength']:g}" for k in keys)
+        detail = f"pairs {pairs}; best settings {settings}; selected - random {text}"
+        rows.append(_row("H", m, s_all.mean(), r_all.mean(), bool(lo > 0), detail))
+        if len(dm) == len(sel):
+            d_all = pd.concat(dm, ignore_index=True)
+            lo, _, text = _interval_detail(s_all - d_all)
+            rows.append(
+                _row(
+                    "I",
+                    m,
+                    s_all.mean(),
+                    d_all.mean(),
+                    bool(lo > 0),
+                    f"pairs {pairs}; {m} - DiffMean {text}",
+                )
+            )
+        else:
+            rows.append(_row("I", m, detail="not computed: DiffMean not run on every pair"))
+        n_all, o_all = (
+            pd.concat(still_none, ignore_index=True),
+            pd.concat(still_off, ignore_index=True),
+        )
+        rr = pd.concat(still_rnd, ignore_index=True)
+        lo, _, text = _interval_detail(n_all - o_all)
+        holds = bool(lo > 0 and (n_all - o_all).mean() > (n_all - rr).mean())
+        detail = (
+            f"pairs {pairs}; still source: none {n_all.mean():.2f}, deactivated "
+            f"{o_all.mean():.2f}, random units {rr.mean():.2f}; drop {text}"
+        )
+        rows.append(_row("J", m, o_all.mean(), n_all.mean(), holds, detail))
+    return rows
+
+
 def _row(cid, method, value=math.nan, reference=math.nan, holds=None, detail="") -> dict:
     claim, measure = CLAIMS[cid]
     return {
         "claim_id": cid,
         "claim": claim,
-        "source": SOURCES[method],
+        "source": SOURCES[method.split(" ")[0]],
         "method": method,
         "measure": measure,
         "value": float(value),
@@ -256,15 +364,24 @@ def findings_table(
     inhibition: Mapping[str, PathLike | None],
     selections: Mapping[str, Mapping[str, PathLike | None]],
     model: str,
+    steering: Mapping[tuple[str, str, str], PathLike] | None = None,
+    interventions: Mapping[str, Mapping[str, PathLike | None]] | None = None,
 ) -> pd.DataFrame:
     """One row per claim (and method) with measured value, reference and whether it holds.
 
-    ``ablation[method]``: neuron ablation table; ``region``: region perturbation table;
-    ``inhibition[condition]``: actcount inhibition tables (language codes and
-    ``parallel``); ``selections[method][lang]``: selection tables. Always 13 rows:
-    A, B per plnd/lape/actcount, C, D, E, F and G per plnd/lape.
+    ``ablation[method]``: neuron ablation table (zeroed); ``region``: region perturbation
+    table; ``inhibition[condition]``: actcount inhibition tables (language codes and
+    ``parallel``); ``selections[method][lang]``: selection tables. 13 rows: A, B per
+    plnd/lape/actcount, C, D, E, F and G per plnd/lape; with ``steering``
+    (``(method, source, target) -> steering table``) H, I, J per plnd/lape/actcount;
+    with ``interventions[name][method]`` (ablation tables under ``mean`` / ``scale``)
+    A and B again per method, labelled ``"plnd (mean)"``.
     """
     rows = [r for m in ("plnd", "lape", "actcount") for r in _neuron_claims(m, ablation.get(m))]
+    for name, tables in (interventions or {}).items():
+        rows += [r for m, p in tables.items() for r in _neuron_claims(f"{m} ({name})", p)]
+    if steering is not None:
+        rows += _steering_claims(steering)
     rows += [*_region_claims(region), _inhibition_claim(inhibition)]
     rows += [r for m in ("plnd", "lape") for r in _selection_claims(m, selections.get(m, {}))]
     table = pd.DataFrame(rows).assign(model=model)[COLUMNS]

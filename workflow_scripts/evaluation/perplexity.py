@@ -62,7 +62,7 @@ def _budgeted_ids(
     return out
 
 
-def _chunked_nll(
+def chunked_nll(
     head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None
 ) -> torch.Tensor:
     """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of rows at a
@@ -120,7 +120,7 @@ def perplexity(
             hidden = trunk(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
             valid = mask[:, 1:].bool()  # position t predicts token t+1
             h = hidden[:, :-1][valid.to(hidden.device)].contiguous()
-            nll_sum += _chunked_nll(head, h, input_ids[:, 1:][valid], cap).item()
+            nll_sum += chunked_nll(head, h, input_ids[:, 1:][valid], cap).item()
             n_tokens += int(valid.sum())
     finally:
         model.train(was_training)

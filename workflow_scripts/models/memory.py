@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 STAGES = ("actcount", "lape", "experts", "plnd", "logit_lens", "ablation", "regions", "tiny")
+STAGES += ("unit_stats", "steering")
 PLND_QK_ELEMENTS = 2**24  # plnd.qk_importance's chunk bound (max_elements)
 LOGITS_ELEMENTS = 2**24  # perplexity's cross-entropy chunk (MAX_LOGITS)
 
@@ -58,7 +59,7 @@ def estimate_bytes(
     total = b * t * per_token + b * d["heads"] * t * t * 4 * 2
     total += min(b * t * d["vocab"], LOGITS_ELEMENTS) * 4 * 2
     width = d["inter"] + 2 * d["heads"] * d["head_dim"] + 2 * d["kv_heads"] * d["head_dim"]
-    if stage in ("actcount", "lape", "experts"):
+    if stage in ("actcount", "lape", "experts", "steering"):
         total += (
             d["layers"] * d["inter"] * 8
             + 2 * d["layers"] * b * t * d["kv_heads"] * d["head_dim"] * itemsize
@@ -66,6 +67,8 @@ def estimate_bytes(
     elif stage == "plnd":
         total += 2 * b * t * width * 4 + 3 * PLND_QK_ELEMENTS * 4
         total += d["layers"] * width * 16  # frequency and score sums per neuron
+    elif stage == "unit_stats":  # float64 sums: 4 per unit, 1 per hidden dimension and layer
+        total += d["layers"] * (width * 32 + d["hidden"] * 8) + b * t * width * 8
     elif stage == "logit_lens":
         total += b * t * d["hidden"] * 4
     elif stage in ("regions", "tiny"):

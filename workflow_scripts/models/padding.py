@@ -1,4 +1,4 @@
-"""Right-padded batches of token ids, shared by every teacher-forced computation."""
+"""Token ids shared by every computation: right-padded batches, pad and stop tokens."""
 
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ def pad_id(tokenizer) -> int:
         if isinstance(pid, int):
             return pid
     return 0
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's and the generation config's EOS ids, sorted."""
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for eos in (tokenizer.eos_token_id, getattr(gen, "eos_token_id", None)):
+        ids |= set(eos if isinstance(eos, list) else [eos]) - {None}
+    return sorted(ids)
 
 
 def right_padded(

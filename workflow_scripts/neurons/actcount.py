@@ -36,6 +36,7 @@ from workflow_scripts.data.corpus import length_sorted_batches
 from workflow_scripts.data.prompts import condition_prompts, format_prompts
 from workflow_scripts.models.anatomy import ExpertSite, MLPSite, ffn_sites, layer_modules
 from workflow_scripts.models.hooks import activation_hooks
+from workflow_scripts.models.padding import stop_token_ids
 from workflow_scripts.models.placement import OnDevices, input_device
 
 log = logging.getLogger(__name__)
@@ -244,10 +245,7 @@ def count_activations(
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and limit > n_new:  # never index past a learned position table (GPT-2)
         max_length = min(max_length, limit - n_new)
-    eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
-    eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
+    eos_ids = set(stop_token_ids(model, tokenizer))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)

@@ -1,5 +1,7 @@
 from workflow_scripts.evaluation.ablation import ablation_matrix, units_from_table
+from workflow_scripts.evaluation.interventions import Intervention
 from workflow_scripts.evaluation.perplexity import perplexity_settings
+from workflow_scripts.evaluation.unit_stats import unit_values
 from workflow_scripts.io import read_parquet, write_parquet
 from workflow_scripts.steps._step import evaluation_job, run
 
@@ -8,6 +10,11 @@ sm = snakemake
 
 def main() -> None:
     lang = sm.wildcards.lang
+    intervention = Intervention(**sm.params.intervention)
+    values = None
+    if intervention.needs_values:  # mean: pooled over the reference languages' statistics
+        stats = list(sm.input.mean_stats)
+        values = unit_values(dict(enumerate(stats)), "mean")
     eval_texts, skipped, model, tokenizer, s = evaluation_job(sm)
     table = ablation_matrix(
         model,
@@ -17,9 +24,16 @@ def main() -> None:
         n_random=s["n_random"],
         seed=s["seed"],
         mode=s["mode"],
+        intervention=intervention,
+        values=values,
         **perplexity_settings(s),
     )
-    meta = {"method": sm.wildcards.method, **sm.params.settings, "skipped_eval_langs": skipped}
+    meta = {
+        "method": sm.wildcards.method,
+        **sm.params.settings,
+        "intervention": intervention.describe(),
+        "skipped_eval_langs": skipped,
+    }
     write_parquet(table, sm.output[0], metadata=meta)
 
 

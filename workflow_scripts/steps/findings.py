@@ -6,6 +6,16 @@ sm = snakemake
 
 def main() -> None:
     inputs = dict(sm.input.items())
+    steering = {}
+    for key, path in inputs.items():
+        if key.startswith("steer_"):  # steer_{method}_{source}_{target}
+            _, method, source, target = key.split("_")
+            steering[(method, source, target)] = path
+    interventions: dict[str, dict[str, str]] = {}
+    for key, path in inputs.items():
+        if key.startswith("ablation_") and "." in key:  # ablation_{method}.{intervention}
+            method, intervention = key.removeprefix("ablation_").split(".")
+            interventions.setdefault(intervention, {})[method] = path
     table = findings_table(
         ablation={m: inputs[f"ablation_{m}"] for m in sm.params.methods},
         region=inputs["region"],
@@ -15,6 +25,8 @@ def main() -> None:
             for m in ("plnd", "lape")
         },
         model=sm.wildcards.model,
+        steering=steering or None,
+        interventions=interventions,
     )
     write_findings(table, sm.output.csv, sm.output.parquet)
 
