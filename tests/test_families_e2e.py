@@ -43,6 +43,7 @@ def families_run(tmp_path_factory, tiny_tokenizer):
             "plnd": {"parts": parts},
         }
     cfg = load_config("tiny", models=models, languages=["en", "fr"])
+    cfg["steering"]["pairs"] = [["en", "fr"]]
     targets = []
     for key in models:
         for lang in ("en", "fr"):
@@ -53,6 +54,8 @@ def families_run(tmp_path_factory, tiny_tokenizer):
                 f"results/logit_lens/{key}/{lang}.parquet",
             ]
         targets.append(f"results/ablation/{key}/plnd/en.parquet")
+        # unit statistics, set / steer interventions and steered generation in every family
+        targets += [f"results/steering/{key}/{m}/en_fr.parquet" for m in ("lape", "diffmean")]
         if key in ("mixtral", "qwen2moe"):
             targets += [
                 f"results/figures/experts_{key}.png",
@@ -83,6 +86,9 @@ def test_every_family_runs_by_config(families_run):
         ablation = pq.read_table(res / "ablation" / key / "plnd" / "en.parquet")
         settings = set(ablation["setting"].to_pylist())
         assert {"base", "selected", "random"} <= settings, (key, settings)
+        for method, kind in (("lape", "both"), ("diffmean", "steer")):
+            steering = pq.read_table(res / "steering" / key / method / "en_fr.parquet")
+            assert kind in set(steering["setting"].to_pylist()), (key, method)
 
 
 def test_moe_families_route_and_ablate_experts(families_run):

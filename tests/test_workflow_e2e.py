@@ -252,6 +252,7 @@ def test_empty_corpus_fails_clearly(tmp_path):
     for lang in ("en", "fr"):
         (tmp_path / f"{lang}.txt").write_text("too short\ntiny line\nno\n", encoding="utf-8")
     cfg = e2e_config(languages=["en", "fr"])
+    cfg["steering"]["pairs"] = [["en", "fr"]]  # tiny.yaml's en->zh needs zh
     cfg["corpora"] = {
         "shortdocs": {"source": "local", "path": str(tmp_path / "{lang}.txt"), "min_chars": 50}
     }

@@ -40,6 +40,7 @@ anything.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -56,7 +57,16 @@ from workflow_scripts.models.anatomy import (
 )
 from workflow_scripts.models.hooks import expert_inputs, routed_rows, routed_weight
 from workflow_scripts.models.placement import check_editable, execution_device
-from workflow_scripts.units import ATTENTION, EXPERT, expert_of, family, unknown_modules
+from workflow_scripts.units import (
+    ATTENTION,
+    DENSE_MODULES,
+    EXPERT,
+    expert_of,
+    family,
+    unknown_modules,
+)
+
+log = logging.getLogger(__name__)
 
 Unit = tuple[int, str, int]  # (layer, module, index): workflow_scripts/units.py
 MODES = ("hooks", "weights")
@@ -416,6 +426,21 @@ def deactivated(model: nn.Module, neurons: Iterable[Unit], mode: str = "hooks"):
     """Zero ``(layer, module, index)`` units while the context is active (``intervened``
     with ``zero``): hooks, or ``mode="weights"`` for in-place zeroed rows/columns."""
     return intervened(model, neurons, Intervention("zero"), mode=mode)
+
+
+def dense_only(units: Iterable[Unit], what: str) -> list[Unit]:
+    """The dense units (mlp, q, k, v, o) of ``units``; expert units are left out with a
+    warning naming ``what`` (scale / mean / set do not apply to them)."""
+    units = [as_unit(u) for u in units]
+    dense = [u for u in units if u[1] in DENSE_MODULES]
+    if len(dense) < len(units):
+        log.warning(
+            "%s: %d expert units left out (only dense units can be %s; experts only zeroed)",
+            what,
+            len(units) - len(dense),
+            "set, scaled or mean-ablated",
+        )
+    return dense
 
 
 def validate_units(model: nn.Module, units: Iterable[Unit]) -> None:

@@ -50,6 +50,7 @@ from workflow_scripts.evaluation.generation import (
 from workflow_scripts.evaluation.interventions import (
     Intervention,
     Unit,
+    dense_only,
     intervened,
     steered,
     validate_units,
@@ -121,8 +122,10 @@ def neuron_settings(
     seed: int = 0,
 ) -> list[Setting]:
     """The settings of a neuron method: deactivate / activate / both, selected and random."""
-    target_units = sorted(set(target_units))
-    source_units = sorted(set(source_units) - set(target_units))
+    # settings run side by side on rows of one batch: dense units only (mixture-of-experts
+    # models: the expert neurons of a selection are left out, with a warning)
+    target_units = sorted(set(dense_only(target_units, "steering (target)")))
+    source_units = sorted(set(dense_only(source_units, "steering (source)")) - set(target_units))
     validate_units(model, [*source_units, *target_units])
     used = sorted({m for _, m, _ in [*source_units, *target_units]})
     candidates = all_units(model, used) if used else []

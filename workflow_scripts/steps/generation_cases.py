@@ -1,6 +1,11 @@
 from workflow_scripts.evaluation.ablation import units_from_table
 from workflow_scripts.evaluation.cases import Case, cases_table
-from workflow_scripts.evaluation.interventions import Intervention, intervened, steered
+from workflow_scripts.evaluation.interventions import (
+    Intervention,
+    dense_only,
+    intervened,
+    steered,
+)
 from workflow_scripts.evaluation.steering import steer_layers
 from workflow_scripts.evaluation.unit_stats import diffmean_directions, unit_values
 from workflow_scripts.io import read_parquet, write_parquet
@@ -24,16 +29,18 @@ def main() -> None:
     cases = []
     for method in sm.params.methods:
         units = units_from_table(read_parquet(sm.input[f"sel_{method}"]))
+        dense = dense_only(units, f"cases ({method})")
         for kind in s["interventions"]:
             iv = Intervention(kind, s["scale"]) if kind == "scale" else Intervention(kind)
+            chosen = units if kind == "zero" else dense
             cases.append(
                 Case(
                     f"{method} {lang} neurons ({kind})",
                     method,
                     kind,
-                    len(units),
+                    len(chosen),
                     False,
-                    lambda u=units, iv=iv: intervened(model, u, iv, means),
+                    lambda u=chosen, iv=iv: intervened(model, u, iv, means),
                 )
             )
         if s["english_prompts"]:
@@ -43,9 +50,9 @@ def main() -> None:
                     f"{method} {lang} neurons activated (set x{s['strength']:g})",
                     method,
                     "set",
-                    len(units),
+                    len(dense),
                     True,
-                    lambda u=units, act=act: intervened(model, u, act, own),
+                    lambda u=dense, act=act: intervened(model, u, act, own),
                 )
             )
     p = s["perturb"]
