@@ -335,7 +335,8 @@ def _values(
                 f"intervention {kind}: no statistic for layer {key[0]} {key[1]} "
                 f"units {missing[:5]} (unit statistics of another model?)"
             )
-        out.append(torch.tensor([float(values[(*key, i)]) for i in groups[key]], device="cpu"))
+        vals = [float(values[(*key, i)]) for i in groups[key]]  # float64: no float32 rounding
+        out.append(torch.tensor(vals, dtype=torch.float64, device="cpu"))
     return out
 
 

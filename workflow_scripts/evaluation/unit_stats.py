@@ -42,7 +42,8 @@ STAT_MODULES = ("mlp", *ATTENTION)
 
 
 def dense_units(model: nn.Module, modules: Iterable[str] = STAT_MODULES) -> list[Unit]:
-    """Every dense unit of ``modules``: MLP neurons of dense layers, attention channels."""
+    """Every dense unit of ``modules``: MLP neurons of dense layers, attention channels
+    (none where the attention layout has no per-channel sites, as GPT-2's)."""
     modules = set(modules)
     units: list[Unit] = []
     if "mlp" in modules:
@@ -50,7 +51,12 @@ def dense_units(model: nn.Module, modules: Iterable[str] = STAT_MODULES) -> list
             if not isinstance(site, ExpertSite):
                 units += [(site.layer, "mlp", i) for i in range(site.size)]
     attn = [m for m in ATTENTION if m in modules]
-    for s in attention_sites(model) if attn else []:
+    try:
+        sites = attention_sites(model) if attn else []
+    except NotImplementedError as err:  # e.g. GPT-2's fused Conv1D qkv: MLP neurons only
+        log.warning("unit statistics: no attention units (%s)", err)
+        sites = []
+    for s in sites:
         units += [(s.layer, m, i) for m in attn for i in range(s.size(m))]
     return units
 
