@@ -497,3 +497,23 @@ def test_bad_steering_config_fails_before_any_model(sections, messages):
         validate_config(config_with(**sections))
     for message in messages:
         assert message in str(err.value), (message, str(err.value))
+
+
+def test_random_controls_are_disjoint_like_the_selection(tiny_model):
+    model = tiny_model("qwen2").double()
+    src, tgt = [(1, "mlp", 1), (1, "mlp", 2)], [(1, "mlp", 3), (1, "mlp", 4)]
+    values = {(1, "mlp", i): 1.0 for i in range(64)}
+    for st in neuron_settings(model, src, tgt, values, [1.0], "mean", 3, 0):
+        if st.setting == "both":
+            assert st.n_units == 4
+    from workflow_scripts.evaluation import steering
+
+    seen = []
+    real = steering.random_like
+    steering.random_like = lambda sel, cands, seed: seen.append(real(sel, cands, seed)) or seen[-1]
+    try:
+        neuron_settings(model, src, tgt, values, [1.0], "mean", 3, 0)
+    finally:
+        steering.random_like = real
+    for tgt_draw, src_draw in zip(seen[::2], seen[1::2], strict=True):
+        assert not set(tgt_draw) & set(src_draw)

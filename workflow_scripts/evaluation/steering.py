@@ -131,14 +131,12 @@ def neuron_settings(
     candidates = all_units(model, used) if used else []
     draws = [("selected", -1, source_units, target_units)]
     for r in range(n_random):
-        draws.append(
-            (
-                "random",
-                seed + r,
-                random_like(source_units, candidates, seed + r) if source_units else [],
-                random_like(target_units, candidates, seed + r) if target_units else [],
-            )
-        )
+        # disjoint like the selection: the random source is drawn outside the random target
+        tgt = random_like(target_units, candidates, seed + r) if target_units else []
+        taken = set(tgt)
+        rest = [u for u in candidates if u not in taken]
+        src = random_like(source_units, rest, seed + r) if source_units else []
+        draws.append(("random", seed + r, src, tgt))
 
     def both(src, tgt, act):
         @contextlib.contextmanager
