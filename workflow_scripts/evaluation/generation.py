@@ -51,6 +51,7 @@ def greedy_continuations(
     if not prompts:
         raise ValueError("generation: no prompts")
     stops = stop_token_ids(model, tokenizer)
+    stop_set = set(stops)
     pad = pad_id(tokenizer)
     device = input_device(model)
     was_training = model.training
@@ -62,15 +63,11 @@ def greedy_continuations(
             enc = tokenizer(batch, truncation=True, max_length=max_length, add_special_tokens=True)[
                 "input_ids"
             ]
-            width = max(len(e) for e in enc)
-            ids = torch.full((len(enc), width), pad, dtype=torch.long, device="cpu")
-            mask = torch.zeros((len(enc), width), dtype=torch.long, device="cpu")
-            for row, e in enumerate(enc):  # left padding: every prompt ends at the same column
-                ids[row, width - len(e) :] = torch.tensor(e, dtype=torch.long, device="cpu")
-                mask[row, width - len(e) :] = 1
+            ids, mask = right_padded(enc, pad, device, left=True)
+            width = ids.shape[1]
             out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 temperature=None,
@@ -81,7 +78,7 @@ def greedy_continuations(
             )
             for row, e in enumerate(enc):
                 prompt_ids.append(list(e))
-                new_ids.append(_cut(out[row, width:].tolist(), set(stops)))
+                new_ids.append(_cut(out[row, width:].tolist(), stop_set))
     finally:
         model.train(was_training)
     return prompt_ids, new_ids

@@ -29,16 +29,18 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 def right_padded(
-    seqs: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu"
+    seqs: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu", left: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` ``[len(seqs), longest]``, the sequences left-aligned,
-    built on the host and moved to ``device`` in one copy each."""
+    """``(input_ids, attention_mask)`` ``[len(seqs), longest]``, the sequences left-aligned
+    (``left=True``: right-aligned, padded on the left, as generation wants: every prompt
+    ends at the same column), built on the host and moved to ``device`` in one copy each."""
     width = max((len(s) for s in seqs), default=0)
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long, device="cpu")
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long, device="cpu")
     for row, seq in enumerate(seqs):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device="cpu")
-        attention_mask[row, : len(seq)] = 1
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        input_ids[row, cols] = torch.tensor(seq, dtype=torch.long, device="cpu")
+        attention_mask[row, cols] = 1
     return input_ids.to(device), attention_mask.to(device)
 
 
