@@ -42,6 +42,7 @@ include: "rules/figures.smk"
 include: "rules/regions.smk"
 include: "rules/ablation.smk"
 include: "rules/steering.smk"
+include: "rules/tasks.smk"
 include: "rules/report.smk"
 
 

@@ -487,6 +487,127 @@ def cases_inputs(wildcards):
     return inputs
 
 
+# ---------------------------------------------------------------------- tasks
+
+
+def task_spec(task):
+    return cfg.task_spec(config, task)
+
+
+def task_file(task, lang):
+    return paths.fill(paths.TASK, task=task, lang=check_language(lang))
+
+
+def task_source_input(wildcards):
+    """What a task table is built from: a prepared corpus, a translated table, or nothing
+    (a hub benchmark is read by the job; a local benchmark directory is its input)."""
+    spec = task_spec(wildcards.task)
+    source = spec["source"]
+    if source == "corpus":
+        return corpus_file(spec["corpus"], wildcards.lang)
+    if source.startswith("translated:"):
+        return paths.fill(
+            paths.TRANSLATED, dataset=source.split(":", 1)[1], lang=wildcards.lang
+        )
+    dataset = spec.get("dataset", "")
+    return dataset if dataset and Path(dataset).exists() else []
+
+
+def subset_languages(subset):
+    """`en-de` -> (en, de) (a translation direction); `de` -> (de, None)."""
+    source, _, target = subset.partition("-")
+    return check_language(source), (check_language(target) if target else None)
+
+
+def task_eval_settings(model):
+    """The task_eval settings with the PiM helpers and k (every task job's prompts)."""
+    pim = config["pim"]
+    return {
+        **method_settings(model, "task_eval"),
+        "pim_languages": [lang for lang in pim["languages"] if lang in LANGS],
+        "pim_k": pim["k"],
+        "inhibition": pim["inhibition"],
+    }
+
+
+def pim_task_inputs(wildcards):
+    """Model and the task tables of the source, the target and the PiM helpers."""
+    source, target = subset_languages(wildcards.subset)
+    helpers = cfg.pim_helpers(config, source, target)
+    langs = [source] + ([target] if target else []) + helpers
+    inputs = {"model": model_input(wildcards)}
+    inputs.update({f"task_{lang}": task_file(wildcards.task, lang) for lang in langs})
+    return inputs
+
+
+def stage_inputs(wildcards):
+    """Model, the task tables of the language and English, the language's selection and
+    both languages' eval corpora (perplexity)."""
+    model, lang = wildcards.model, wildcards.subset
+    method = config["layer_stages"]["method"]
+    inputs = {
+        "model": model_input(wildcards),
+        "task_lang": task_file(wildcards.task, lang),
+        "task_en": task_file(wildcards.task, "en"),
+        "corpus_lang": corpus_file(corpus_of(model), lang),
+        "corpus_en": corpus_file(corpus_of(model), "en"),
+    }
+    if wildcards.condition != "stage-none":  # the unablated cell reads no selection
+        inputs["selection"] = selection_file(model, method, lang)
+    return inputs
+
+
+def stage_settings(model):
+    stages = config["layer_stages"]
+    ablation = method_settings(model, "ablation")
+    return {
+        **task_eval_settings(model),
+        **{k: stages[k] for k in ("n_random", "seed", "method")},
+        "stages": method_settings(model, "plnd").get("stages"),
+        "ppl": {
+            k: ablation[k]
+            for k in ("split", "n_docs", "max_length", "batch_size", "max_tokens")
+        },
+    }
+
+
+def pim_subsets(task):
+    """The subsets of a PiM task: its directions (translation) or their source languages."""
+    from workflow_scripts.tasks.build import task_type
+
+    directions = config["pim"]["directions"]
+    if task_type(task_spec(task)) == "translation":
+        return [f"{s}-{t}" for s, t in directions]
+    return list(dict.fromkeys(s for s, _ in directions))
+
+
+def pim_files(wildcards):
+    return [
+        paths.fill(
+            paths.TASK_EVAL, model=wildcards.model, task=task, subset=sub, condition=c
+        )
+        for task in config["pim"]["tasks"]
+        for sub in pim_subsets(task)
+        for c in config["pim"]["conditions"]
+    ]
+
+
+def stage_files(wildcards):
+    stages = config["layer_stages"]
+    return [
+        paths.fill(
+            paths.TASK_EVAL,
+            model=wildcards.model,
+            task=task,
+            subset=lang,
+            condition=f"stage-{cell}",
+        )
+        for task in stages["tasks"]
+        for lang in stages["languages"]
+        for cell in ["none"] + stages["cells"]
+    ]
+
+
 def findings_inputs(wildcards):
     """Named inputs of the findings table of one model."""
     model = wildcards.model
@@ -507,6 +628,10 @@ def findings_inputs(wildcards):
     for method in ("plnd", "lape"):
         for lang in LANGS:
             inputs[f"sel_{method}_{lang}"] = selection_file(model, method, lang)
+    for i, path in enumerate(pim_files(wildcards)):
+        inputs[f"pim_{i}"] = path
+    for i, path in enumerate(stage_files(wildcards)):
+        inputs[f"stage_{i}"] = path
     return inputs
 
 
@@ -521,6 +646,12 @@ def all_targets():
         for model in MODELS
         for table, ext in [("findings", "csv"), ("cases", "html")]
     ]
+    if config["pim"]["tasks"] and config["pim"]["directions"]:
+        figures += [paths.fill(paths.FIGURE, figure="pim", model=m) for m in MODELS]
+    if config["layer_stages"]["tasks"] and config["layer_stages"]["languages"]:
+        figures += [
+            paths.fill(paths.FIGURE, figure="layer_stages", model=m) for m in MODELS
+        ]
     if steering_pairs():
         figures += [
             paths.fill(paths.FIGURE, figure="steering", model=model) for model in MODELS

@@ -26,5 +26,6 @@ rule findings:
     params:
         methods=METHODS,
         conditions=actcount_conditions(),
+        stage_method=config["layer_stages"]["method"],
     script:
         "../workflow_scripts/steps/findings.py"

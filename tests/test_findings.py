@@ -6,7 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from workflow_scripts.evaluation.findings import COLUMNS, findings_table, write_findings
+from workflow_scripts.evaluation.findings import (
+    COLUMNS,
+    INTERVAL_COLUMNS,
+    findings_table,
+    write_findings,
+)
 from workflow_scripts.io import read_parquet, write_parquet
 
 LANGS = ["en", "fr", "de"]
@@ -176,8 +181,10 @@ def test_english_missing_leaves_f_open(tmp_path):
 
 def test_columns_and_dtypes(tmp_path):
     table = findings_table(**write_inputs(tmp_path, True), model="tiny")
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == COLUMNS + INTERVAL_COLUMNS
     assert table["holds"].dtype == "boolean"
+    assert table["ci_low"].dtype == "float64" and table["ci_high"].dtype == "float64"
+    assert pd.api.types.is_string_dtype(table["interval"])
     assert table["value"].dtype == "float64" and table["reference"].dtype == "float64"
     for col in ("model", "claim_id", "claim", "source", "method", "measure", "detail"):
         assert pd.api.types.is_string_dtype(table[col]), col
@@ -198,6 +205,7 @@ def test_write_findings_round_trip(tmp_path):
     )
     write_findings(table, csv, parquet)
     back = pd.read_csv(csv, dtype={"holds": "boolean"})
+    back["interval"] = back["interval"].fillna("")  # CSV reads an empty text as missing
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
     assert back["holds"].dtype == "boolean" and back["holds"].isna().sum() == 2
     pd.testing.assert_frame_equal(read_parquet(parquet).to_pandas(), table, check_dtype=False)

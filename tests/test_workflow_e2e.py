@@ -25,7 +25,11 @@ TARGETS += [
     "results/tables/findings_tq.csv",
     "results/figures/steering_tq.png",
     "results/tables/cases_tq.html",
+    "results/figures/pim_tq.png",
+    "results/figures/layer_stages_tq.png",
 ]
+# what follows a changed French PLND selection: its layer-stage cells (not the unablated one)
+STAGES = {"ablate_task_stage": 4, "collect_layer_stages": 1, "plot_layer_stages": 1}
 # what follows a changed selection: its steering jobs (en->fr, en->zh), every cases job
 STEERING = {"collect_steering": 1, "plot_steering": 1}
 CASES = {"generation_cases": 3, "collect_cases": 1}
@@ -189,6 +193,7 @@ def test_rerun_one_language_reruns_it_and_the_aggregates(workflow_run):
         "steer": 2,
         **STEERING,
         **CASES,
+        **STAGES,
     }
     assert f"output: {target}" in out2
 
@@ -280,10 +285,13 @@ def test_regions_and_findings(workflow_run):
     assert set(perturbation.setting) == {"base", "top", "bottom", "random", "monolingual"}
     assert set(perturbation.eval_lang) == {"en", "fr", "zh"}
     findings = pq.read_table(res / "tables" / "findings_tq.parquet").to_pandas()
-    # 13 perplexity and selection claims, H-J per neuron method from the steering pairs
-    assert len(findings) == 22 and findings["value"].notna().sum() >= 19
-    steering = findings[findings["claim_id"].isin(["H", "I", "J"])]
-    assert steering["detail"].str.contains("95% CI").all()
+    # 13 perplexity and selection claims, H-J per neuron method from the steering pairs,
+    # K, L (PiM on translation) and M, N, O (layer stages)
+    assert len(findings) == 27 and findings["value"].notna().sum() >= 24
+    intervals = findings[findings["claim_id"].isin(list("HIJKLMNO"))]
+    assert intervals["detail"].str.contains("95% CI").all()
+    assert (intervals["ci_low"] <= intervals["ci_high"]).all()
+    assert set(findings[findings["claim_id"].isin(["K", "L"])]["method"]) == {"pim (translation)"}
     assert (res / "tables" / "findings_tq.csv").read_text().startswith("model,claim_id")
 
 
@@ -321,6 +329,8 @@ def test_report_builds_offline(workflow_run):
         assert any(n.endswith("regions_tq.png") for n in names)
         assert any(n.endswith("ablation_tq.png") for n in names)
         assert any(n.endswith("steering_tq.png") for n in names)
+        assert any(n.endswith("pim_tq.png") for n in names)
+        assert any(n.endswith("layer_stages_tq.png") for n in names)
         assert any(n.endswith("cases_tq.html") for n in names)
         assert any(n.endswith("findings_tq.csv") for n in names)
         assert sum(n.endswith(".png") for n in names) >= 10
@@ -345,3 +355,28 @@ def test_steering_and_cases(workflow_run):
     assert {"no intervention", "region core (zero)"} <= set(cases["case"])
     assert set(cases["prompt_lang"]) == {"fr", "en"}
     assert "Fudan" in (res / "tables" / "cases_tq.html").read_text(encoding="utf-8")
+
+
+def test_task_experiments(workflow_run):
+    workdir, proc, out = workflow_run
+    assert proc.returncode == 0, out[-3000:]
+    res = workdir / "results"
+    for fig in ("pim", "layer_stages"):
+        assert (res / "figures" / f"{fig}_tq.png").read_bytes()[:8] == PNG
+    task = pq.read_table(res / "tasks" / "translation" / "fr.parquet").to_pandas()
+    assert set(task["split"]) == {"test", "fewshot"} and task["input"].notna().all()
+    pim = pq.read_table(res / "tables" / "tasks_tq.parquet").to_pandas()
+    assert set(zip(pim["subset"], pim["condition"], strict=True)) == {
+        (s, c) for s in ("en-fr", "fr-en") for c in ("monolingual", "pim", "repeat")
+    }
+    assert (pim["n_items"] == 3).all() and pim["bleu"].notna().all()
+    assert pim["inhibited_share"].between(0, 1).all()
+    one = pq.read_table(res / "eval" / "tq" / "translation" / "en-fr.pim.parquet").to_pandas()
+    assert one["prompt"].str.contains("Chinese: ").all() and one["generation"].notna().all()
+    stages = pq.read_table(res / "tables" / "layer_stages_tq.parquet").to_pandas()
+    assert set(stages["cell"]) == {"understanding", "task_attention", "task_ffn", "generation"}
+    assert set(stages["eval_lang"]) == {"fr", "en"} and set(stages["control"]) == {
+        "selected",
+        "random",
+    }
+    assert stages["ppl"].gt(0).all()

@@ -23,7 +23,7 @@ BUNDLED_CORPUS = REPO / "resources" / "corpus" / "bundled.parquet"
 MODEL_KINDS = ("path", "gguf", "tiny")
 # sections a model entry may override (merged over the global section, then validated)
 MODEL_OVERRIDES = ("placement", "plnd", "lape", "experts", "logit_lens", "ablation", "regions")
-MODEL_OVERRIDES += ("unit_stats", "steering", "cases")
+MODEL_OVERRIDES += ("unit_stats", "steering", "cases", "task_eval")
 
 
 def load_schema() -> dict[str, Any]:
@@ -131,6 +131,7 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
     for lang in config["regions"]["languages"]:
         check_language(lang)
     check_interventions(config)
+    check_tasks(config)
     for spec in datasets.values():
         for lang in [spec["source_lang"], *spec["languages"]]:
             check_language(lang)
@@ -177,3 +178,81 @@ def check_interventions(config: Mapping[str, Any]) -> None:
         )
     for lang in config["cases"].get("prompts", {}):
         check_language(lang)
+
+
+def task_spec(config: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The definition of task ``task``, or one clear error naming the configured tasks."""
+    tasks = config["tasks"]
+    if task not in tasks:
+        raise ValueError(f"unknown task {task!r}: configured tasks are ({', '.join(tasks)})")
+    return tasks[task]
+
+
+def check_tasks(config: Mapping[str, Any]) -> None:
+    """Task sources name configured corpora / datasets; the experiments name configured
+    tasks and languages; the layer-stage experiment needs a task that is not a translation."""
+    langs = config["languages"]
+    for name, spec in config["tasks"].items():
+        source = spec["source"]
+        if source == "corpus" and spec["corpus"] not in config["corpora"]:
+            raise ValueError(
+                f"tasks.{name}.corpus: {spec['corpus']!r} is not a key under corpora: "
+                f"({', '.join(config['corpora'])})"
+            )
+        if source == "huggingface" and "benchmark" not in spec:
+            raise ValueError(f"tasks.{name}: source huggingface needs a benchmark (its layout)")
+        if source.startswith("translated:") and source.split(":", 1)[1] not in config["datasets"]:
+            raise ValueError(
+                f"tasks.{name}.source: {source!r} names no dataset under datasets: "
+                f"({', '.join(config['datasets']) or 'none'})"
+            )
+    from workflow_scripts.tasks.build import task_type
+
+    pim, stages = config["pim"], config["layer_stages"]
+    for name in pim["tasks"]:
+        task_spec(config, name)
+    for name in stages["tasks"]:
+        if task_type(task_spec(config, name)) == "translation":
+            raise ValueError(
+                f"layer_stages.tasks: {name!r} is a translation task; the layer-stage "
+                "ablation evaluates a task in each language and in English (e.g. continuation)"
+            )
+    if not pim["tasks"]:  # an experiment without tasks runs nothing: its languages are unused
+        pim = {**pim, "directions": []}
+    if not stages["tasks"]:
+        stages = {**stages, "languages": []}
+    for lang in pim["languages"]:
+        check_language(lang)
+    for source, target in pim["directions"]:
+        if source == target:
+            raise ValueError(f"pim.directions: {source}->{target} translates a language to itself")
+        helpers = pim_helpers(config, source, target)
+        if "pim" in pim["conditions"] and len(helpers) < pim["k"]:
+            raise ValueError(
+                f"pim.k = {pim['k']}: {source}->{target} has only {len(helpers)} helper "
+                f"languages among pim.languages ({', '.join(pim['languages'])}) that are "
+                f"configured languages: ({', '.join(langs)})"
+            )
+    for where, codes in (
+        ("pim.directions", [c for pair in pim["directions"] for c in pair]),
+        ("layer_stages.languages", stages["languages"]),
+    ):
+        for lang in codes:
+            if lang not in langs:
+                raise ValueError(f"{where}: {lang!r} is not one of languages: ({', '.join(langs)})")
+    if "en" in stages["languages"]:
+        raise ValueError("layer_stages.languages: en is the comparison language; leave it out")
+    if stages["languages"] and "en" not in langs:
+        raise ValueError("layer_stages needs en among languages (the comparison language)")
+
+
+def pim_helpers(config: Mapping[str, Any], source: str, target: str | None) -> list[str]:
+    """The PiM helper languages of a source (-> target): the first ``pim.k`` of
+    ``pim.languages`` that are configured languages and neither source nor target."""
+    pim = config["pim"]
+    usable = [
+        lang
+        for lang in pim["languages"]
+        if lang in config["languages"] and lang not in (source, target)
+    ]
+    return usable[: pim["k"]]

@@ -93,3 +93,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The ``info`` metadata written by :func:`write_parquet` (empty if none)."""
     raw = (pq.read_schema(path).metadata or {}).get(b"info")
     return json.loads(raw) if raw else {}
+
+
+def write_frame(frame, csv_path: str | os.PathLike, parquet_path: str | os.PathLike) -> None:
+    """A pandas table as CSV and Parquet (the collected tables), each written atomically."""
+    with atomic_path(csv_path) as tmp:
+        frame.to_csv(tmp, index=False)
+    write_parquet(pa.Table.from_pandas(frame, preserve_index=False), parquet_path)

@@ -42,6 +42,9 @@ CASES = f"{RESULTS}/cases/{{model}}/{{lang}}.parquet"
 # an ablation under another intervention than zero (results/ablation/{model}/{method}.mean.parquet)
 NEURON_ABLATION_BY = f"{RESULTS}/ablation/{{model}}/{{method}}/{{lang}}.{{intervention}}.parquet"
 ABLATION_BY = f"{RESULTS}/ablation/{{model}}/{{method}}.{{intervention}}.parquet"
+# task data and task evaluation (subset: a language, or source-target of a translation task)
+TASK = f"{RESULTS}/tasks/{{task}}/{{lang}}.parquet"
+TASK_EVAL = f"{RESULTS}/eval/{{model}}/{{task}}/{{subset}}.{{condition}}.parquet"
 
 
 def fill(template: str, **values: object) -> str:

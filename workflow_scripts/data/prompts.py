@@ -147,7 +147,7 @@ PIM_TEMPLATE = "{translations}\n{source_language}: {source}"
 
 def pim_prompt(
     source: str,
-    translations: Mapping[str, str],
+    translations: Mapping[str, str] | Sequence[tuple[str, str]],
     source_lang: str,
     template: str = PIM_TEMPLATE,
     item_template: str = "{language}: {text}",
@@ -157,11 +157,13 @@ def pim_prompt(
 
     ``template`` may use ``{translations}`` (the ``item_template`` lines of
     ``translations``, in their order, joined by ``separator``), ``{source}``,
-    ``{source_language}`` (English name) and ``{source_lang}`` (code).
+    ``{source_language}`` (English name) and ``{source_lang}`` (code). ``translations``
+    may also be ``(lang, text)`` pairs (a language may then repeat: the length control).
     """
+    pairs = translations.items() if isinstance(translations, Mapping) else translations
     lines = [
         item_template.format(language=language_name(lang), lang=lang, text=text)
-        for lang, text in translations.items()
+        for lang, text in pairs
     ]
     return template.format(
         translations=separator.join(lines),

@@ -9,23 +9,24 @@ Relative perplexity change is ``ppl / base_ppl - 1`` throughout.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
-from workflow_scripts.evaluation.bootstrap import bootstrap_interval
+from workflow_scripts.evaluation.bootstrap import N_RESAMPLES, bootstrap_interval
 from workflow_scripts.evaluation.steering import best_settings, summarize
-from workflow_scripts.io import atomic_path, read_metadata, read_parquet, write_parquet
+from workflow_scripts.io import read_metadata, read_parquet, write_frame
 from workflow_scripts.neurons.summary import default_stages, selection_counts
 from workflow_scripts.regions.scores import IMPORTANT_END
+from workflow_scripts.tasks.claims import pim_claims, stage_claims
 
 PathLike = str | Path
 COLUMNS = ["model", "claim_id", "claim", "source", "method", "measure"]
 COLUMNS += ["value", "reference", "holds", "detail"]
+INTERVAL_COLUMNS = ["ci_low", "ci_high", "interval"]  # the 95% interval the claim is judged by
 SOURCES = {
     "plnd": "Zhao et al. 2024 (PLND)",
     "lape": "Tang et al. 2024 (LAPE)",
@@ -309,23 +310,15 @@ def _steering_claims(paths: Mapping[tuple[str, str, str], PathLike] | None) -> l
         pairs = ", ".join(f"{s}->{t}" for _, s, t in keys)
         s_all, r_all = pd.concat(sel, ignore_index=True), pd.concat(rnd, ignore_index=True)
         diff = s_all - r_all
-        lo, _, text = _interval_detail(diff)
+        lo, hi, text = _interval_detail(diff)
         settings = ", ".join(f"{best.loc[k, 'setting']} x{best.loc[k, 'strength']:g}" for k in keys)
         detail = f"pairs {pairs}; best settings {settings}; selected - random {text}"
-        rows.append(_row("H", m, s_all.mean(), r_all.mean(), bool(lo > 0), detail))
+        rows.append(_row("H", m, s_all.mean(), r_all.mean(), bool(lo > 0), detail, (lo, hi)))
         if len(dm) == len(sel):
             d_all = pd.concat(dm, ignore_index=True)
-            lo, _, text = _interval_detail(s_all - d_all)
-            rows.append(
-                _row(
-                    "I",
-                    m,
-                    s_all.mean(),
-                    d_all.mean(),
-                    bool(lo > 0),
-                    f"pairs {pairs}; {m} - DiffMean {text}",
-                )
-            )
+            lo, hi, text = _interval_detail(s_all - d_all)
+            detail = f"pairs {pairs}; {m} - DiffMean {text}"
+            rows.append(_row("I", m, s_all.mean(), d_all.mean(), bool(lo > 0), detail, (lo, hi)))
         else:
             rows.append(_row("I", m, detail="not computed: DiffMean not run on every pair"))
         n_all, o_all = (
@@ -333,19 +326,24 @@ def _steering_claims(paths: Mapping[tuple[str, str, str], PathLike] | None) -> l
             pd.concat(still_off, ignore_index=True),
         )
         rr = pd.concat(still_rnd, ignore_index=True)
-        lo, _, text = _interval_detail(n_all - o_all)
+        lo, hi, text = _interval_detail(n_all - o_all)
         holds = bool(lo > 0 and (n_all - o_all).mean() > (n_all - rr).mean())
         detail = (
             f"pairs {pairs}; still source: none {n_all.mean():.2f}, deactivated "
             f"{o_all.mean():.2f}, random units {rr.mean():.2f}; drop {text}"
         )
-        rows.append(_row("J", m, o_all.mean(), n_all.mean(), holds, detail))
+        rows.append(_row("J", m, o_all.mean(), n_all.mean(), holds, detail, (lo, hi)))
     return rows
 
 
-def _row(cid, method, value=math.nan, reference=math.nan, holds=None, detail="") -> dict:
+def _row(cid, method, value=math.nan, reference=math.nan, holds=None, detail="", ci=None) -> dict:
+    """One claim's row; ``ci``: the ``(low, high)`` bootstrap interval it is judged by."""
     claim, measure = CLAIMS[cid]
+    lo, hi = ci if ci is not None else (math.nan, math.nan)
     return {
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "interval": f"{N_RESAMPLES} bootstrap resamples of prompts, seed 0" if ci else "",
         "claim_id": cid,
         "claim": claim,
         "source": SOURCES[method.split(" ")[0]],
@@ -366,6 +364,8 @@ def findings_table(
     model: str,
     steering: Mapping[tuple[str, str, str], PathLike] | None = None,
     interventions: Mapping[str, Mapping[str, PathLike | None]] | None = None,
+    tasks: Mapping[str, Sequence[PathLike]] | None = None,
+    stage_method: str = "plnd",
 ) -> pd.DataFrame:
     """One row per claim (and method) with measured value, reference and whether it holds.
 
@@ -375,7 +375,9 @@ def findings_table(
     plnd/lape/actcount, C, D, E, F and G per plnd/lape; with ``steering``
     (``(method, source, target) -> steering table``) H, I, J per plnd/lape/actcount;
     with ``interventions[name][method]`` (ablation tables under ``mean`` / ``scale``)
-    A and B again per method, labelled ``"plnd (mean)"``.
+    A and B again per method, labelled ``"plnd (mean)"``; with ``tasks`` (``"pim"`` and
+    ``"stages"``: per-item task evaluation files) K, L per PiM task and M, N, O
+    (:mod:`workflow_scripts.tasks.claims`).
     """
     rows = [r for m in ("plnd", "lape", "actcount") for r in _neuron_claims(m, ablation.get(m))]
     for name, tables in (interventions or {}).items():
@@ -384,13 +386,17 @@ def findings_table(
         rows += _steering_claims(steering)
     rows += [*_region_claims(region), _inhibition_claim(inhibition)]
     rows += [r for m in ("plnd", "lape") for r in _selection_claims(m, selections.get(m, {}))]
-    table = pd.DataFrame(rows).assign(model=model)[COLUMNS]
+    if tasks is not None:
+        rows += pim_claims(tasks.get("pim", [])) + stage_claims(
+            tasks.get("stages", []), stage_method
+        )
+    table = pd.DataFrame(rows).assign(model=model).reindex(columns=COLUMNS + INTERVAL_COLUMNS)
+    table["interval"] = table["interval"].fillna("")
     table = table.sort_values("claim_id", kind="stable", ignore_index=True)
-    return table.astype({"holds": "boolean", "value": "float64", "reference": "float64"})
+    types = {"holds": "boolean", "value": "float64", "reference": "float64"}
+    return table.astype({**types, "ci_low": "float64", "ci_high": "float64"})
 
 
 def write_findings(table: pd.DataFrame, csv_path: PathLike, parquet_path: PathLike) -> None:
     """Write the findings table as CSV and Parquet, each atomically."""
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    write_parquet(pa.Table.from_pandas(table, preserve_index=False), parquet_path)
+    write_frame(table, csv_path, parquet_path)

@@ -44,10 +44,15 @@ def greedy_continuations(
     max_new_tokens: int = 48,
     batch_size: int = 8,
     max_length: int = 256,
+    stop_strings: Sequence[str] = (),
+    add_special_tokens: bool = True,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """``(prompt ids, new ids)`` per prompt (input order): greedy, left-padded batches of
     the prompts in the given order (so the same prompts give the same batches), prompts
-    truncated to ``max_length`` tokens, continuations cut at the first stop token."""
+    truncated to ``max_length`` tokens, continuations cut at the first stop token.
+    ``stop_strings`` also end a row (transformers' ``stop_strings``; the token that
+    completes the string is kept: cut the decoded text at it). ``add_special_tokens=False``
+    for prompts that carry them already (chat-template output)."""
     if not prompts:
         raise ValueError("generation: no prompts")
     stops = stop_token_ids(model, tokenizer)
@@ -60,9 +65,9 @@ def greedy_continuations(
     try:
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
-            enc = tokenizer(batch, truncation=True, max_length=max_length, add_special_tokens=True)[
-                "input_ids"
-            ]
+            enc = tokenizer(
+                batch, truncation=True, max_length=max_length, add_special_tokens=add_special_tokens
+            )["input_ids"]
             ids, mask = right_padded(enc, pad, device, left=True)
             width = ids.shape[1]
             out = model.generate(
@@ -75,10 +80,18 @@ def greedy_continuations(
                 top_k=None,
                 pad_token_id=pad,
                 eos_token_id=stops or None,
+                **(
+                    {"stop_strings": list(stop_strings), "tokenizer": tokenizer}
+                    if stop_strings
+                    else {}
+                ),
             )
             for row, e in enumerate(enc):
                 prompt_ids.append(list(e))
-                new_ids.append(_cut(out[row, width:].tolist(), stop_set))
+                new = _cut(out[row, width:].tolist(), stop_set)
+                while stop_strings and new and new[-1] == pad:  # a row ended by a stop string
+                    new.pop()
+                new_ids.append(new)
     finally:
         model.train(was_training)
     return prompt_ids, new_ids

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 STAGES = ("actcount", "lape", "experts", "plnd", "logit_lens", "ablation", "regions", "tiny")
-STAGES += ("unit_stats", "steering")
+STAGES += ("unit_stats", "steering", "tasks")
 PLND_QK_ELEMENTS = 2**24  # plnd.qk_importance's chunk bound (max_elements)
 LOGITS_ELEMENTS = 2**24  # perplexity's cross-entropy chunk (MAX_LOGITS)
 
@@ -59,7 +59,7 @@ def estimate_bytes(
     total = b * t * per_token + b * d["heads"] * t * t * 4 * 2
     total += min(b * t * d["vocab"], LOGITS_ELEMENTS) * 4 * 2
     width = d["inter"] + 2 * d["heads"] * d["head_dim"] + 2 * d["kv_heads"] * d["head_dim"]
-    if stage in ("actcount", "lape", "experts", "steering"):
+    if stage in ("actcount", "lape", "experts", "steering", "tasks"):
         total += (
             d["layers"] * d["inter"] * 8
             + 2 * d["layers"] * b * t * d["kv_heads"] * d["head_dim"] * itemsize

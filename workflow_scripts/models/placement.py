@@ -33,7 +33,7 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # stages whose batch size placement.batch_size may replace on CUDA (inference only:
 # a training batch size changes the result, so the regions keep theirs)
 GPU_BATCH_STAGES = ("actcount", "lape", "experts", "plnd", "logit_lens", "ablation")
-GPU_BATCH_STAGES += ("unit_stats", "steering")
+GPU_BATCH_STAGES += ("unit_stats", "steering", "tasks")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

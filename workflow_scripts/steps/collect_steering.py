@@ -1,7 +1,5 @@
-import pyarrow as pa
-
 from workflow_scripts.evaluation.steering import summarize
-from workflow_scripts.io import atomic_path, read_metadata, read_parquet, write_parquet
+from workflow_scripts.io import read_metadata, read_parquet, write_frame
 from workflow_scripts.steps._step import run
 
 sm = snakemake
@@ -13,9 +11,7 @@ def main() -> None:
         meta = read_metadata(path)
         frames[(meta["method"], meta["source"], meta["target"])] = read_parquet(path).to_pandas()
     table = summarize(frames, seed=sm.params.seed)
-    with atomic_path(sm.output.csv) as tmp:
-        table.to_csv(tmp, index=False)
-    write_parquet(pa.Table.from_pandas(table, preserve_index=False), sm.output.parquet)
+    write_frame(table, sm.output.csv, sm.output.parquet)
 
 
 run(sm, main)

@@ -27,6 +27,11 @@ def main() -> None:
         model=sm.wildcards.model,
         steering=steering or None,
         interventions=interventions,
+        tasks={
+            "pim": [v for k, v in inputs.items() if k.startswith("pim_")],
+            "stages": [v for k, v in inputs.items() if k.startswith("stage_")],
+        },
+        stage_method=sm.params.stage_method,
     )
     write_findings(table, sm.output.csv, sm.output.parquet)
 

@@ -1,0 +1,1 @@
+"""Task data, prompts, metrics and evaluation (docs/methods.md, "Task evaluation")."""
