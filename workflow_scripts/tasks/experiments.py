@@ -20,7 +20,7 @@ from torch import nn
 
 from workflow_scripts.evaluation.ablation import all_units, random_like
 from workflow_scripts.evaluation.interventions import deactivated, validate_units
-from workflow_scripts.evaluation.perplexity import perplexity
+from workflow_scripts.evaluation.perplexity import perplexity, perplexity_settings
 from workflow_scripts.models.anatomy import decoder_layers
 from workflow_scripts.tasks.build import load_task
 from workflow_scripts.tasks.evaluate import eval_table, evaluate_prompts, main_metric
@@ -93,8 +93,7 @@ def pim_table(
 
 
 def _ppl(model, tokenizer, texts, s) -> dict[str, Any]:
-    keys = ("max_length", "batch_size", "max_tokens")
-    result = perplexity(model, tokenizer, texts, **{k: s["ppl"][k] for k in keys})
+    result = perplexity(model, tokenizer, texts, **perplexity_settings(s["ppl"]))
     return {"ppl": result.ppl, "nll_sum": result.nll_sum, "n_tokens": result.n_tokens}
 
 

@@ -1,7 +1,8 @@
 """Task metrics through the field's libraries (docs/methods.md, "Task evaluation").
 
 - translation: sacrebleu's BLEU and chrF, per item (sentence scores, for bootstrap
-  intervals over items) and over the corpus (the numbers papers report);
+  intervals over items; sentence chrF is :func:`~workflow_scripts.evaluation.generation.chrf`)
+  and over the corpus (the numbers papers report);
 - choice: accuracy of the option with the highest log-likelihood (``acc``) and per
   byte (``acc_norm``), as lm-evaluation-harness;
 - math (MGSM): exact match of the last number in the generation;
@@ -30,13 +31,6 @@ def sentence_bleu(hypothesis: str, reference: str, target_lang: str = "") -> flo
 
     bleu = BLEU(tokenize=bleu_tokenizer(target_lang), effective_order=True)
     return float(bleu.sentence_score(hypothesis, [reference]).score)
-
-
-def sentence_chrf(hypothesis: str, reference: str) -> float:
-    """sacrebleu sentence chrF (character 6-grams, beta 2), 0-100."""
-    from sacrebleu.metrics import CHRF
-
-    return float(CHRF().sentence_score(hypothesis, [reference]).score)
 
 
 def corpus_scores(
