@@ -156,6 +156,8 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
     # selections; the cases gain ja (and the pooled means its statistics)
     steering = {"steer": 6, **STEERING, "unit_stats": 1}
     cases = {"generation_cases": 4, "collect_cases": 1}
+    # fr's layer-stage cells ablate its PLND selection, which the new language changes
+    # (stage-none, the unablated baseline, and the PiM evaluations stay)
     assert job_stats(out2) == {
         "prepare_corpus": 1,
         **per_language,
@@ -164,6 +166,7 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
         **regions,
         **steering,
         **cases,
+        **STAGES,
     }
     assert "pretrain_tiny" not in out2
     prepared = re.findall(r"output: (results/corpus/\S+)", out2)
@@ -258,10 +261,11 @@ def test_empty_corpus_fails_clearly(tmp_path):
         (tmp_path / f"{lang}.txt").write_text("too short\ntiny line\nno\n", encoding="utf-8")
     cfg = e2e_config(languages=["en", "fr"])
     cfg["steering"]["pairs"] = [["en", "fr"]]  # tiny.yaml's en->zh needs zh
+    cfg["pim"]["directions"] = []  # ... and so does its PiM helper
     cfg["corpora"] = {
         "shortdocs": {"source": "local", "path": str(tmp_path / "{lang}.txt"), "min_chars": 50}
     }
-    for spec in cfg["models"].values():
+    for spec in [*cfg["models"].values(), *cfg["tasks"].values()]:
         spec["corpus"] = "shortdocs"
     workdir = tmp_path / "work"
     target = "results/corpus/shortdocs/en.parquet"
