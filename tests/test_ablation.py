@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -273,6 +274,10 @@ def test_ablation_matrix(tiny_model, tiny_tokenizer, sentences, caplog):
     for r in rows:
         assert r["base_ppl"] == base[r["eval_lang"]]
         assert (r["seed"] == -1) == (r["setting"] != "random")
+        # every document's NLL and tokens, which pool back to the row's perplexity
+        assert len(r["doc_nll"]) == len(r["doc_tokens"]) == len(evals[r["eval_lang"]])
+        pooled = math.exp(sum(r["doc_nll"]) / sum(r["doc_tokens"]))
+        assert pooled == pytest.approx(r["ppl"], rel=1e-9)
         if r["setting"] == "base":
             assert r["target_lang"] is None and r["n_units"] == 0
     random_rows = [r for r in rows if r["setting"] == "random"]

@@ -187,3 +187,21 @@ def test_per_model_placement_is_validated_merged(config):
     _validate(cfg)  # the per-model section is free-form for the schema...
     with pytest.raises(ValueError, match=r"models\.qwen\.placement device"):
         check_cross_fields(cfg)  # ...and checked merged with the global one
+
+
+def test_paper_config_merges_and_validates(config):
+    """config/paper.yaml over config.yaml (Snakemake's recursive merge) is a valid config
+    whose task experiments name the papers' benchmarks."""
+    from snakemake.utils import update_config
+
+    from workflow_scripts.config import validate_config
+
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    cfg = copy.deepcopy(config)
+    update_config(cfg, paper)
+    validate_config(cfg)
+    benchmarks = {spec.get("benchmark") for spec in cfg["tasks"].values()}
+    assert {"flores", "xnli", "xquad", "mgsm"} <= benchmarks
+    assert cfg["pim"]["tasks"] == ["flores", "xnli"] and cfg["pim"]["k"] == 3
+    assert cfg["layer_stages"]["tasks"] == ["xquad", "mgsm"]
+    assert cfg["ablation"]["n_docs"] == 200  # the other sections' budgets too

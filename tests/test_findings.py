@@ -3,12 +3,17 @@ with hand-computed values; missing inputs; column types; CSV/Parquet round trip.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 import pytest
 
+from workflow_scripts.evaluation.bootstrap import N_RESAMPLES
 from workflow_scripts.evaluation.findings import (
     COLUMNS,
     INTERVAL_COLUMNS,
+    _changes,
     findings_table,
     write_findings,
 )
@@ -19,8 +24,19 @@ BASE = {"en": 10.0, "fr": 20.0, "de": 40.0}  # relative change must not depend o
 N_LAYERS = 8  # default_stages(8) == (2, 1)
 
 
-def matrix_file(path, settings, n_units=5, metadata=None):
-    """PPL table from relative changes: ``settings[(setting, seed)][target] = [change per LANGS]``."""
+N_DOCS, DOC_TOKENS = 6, 10
+
+
+def doc_nll(ppl: float, noise: float, seed: int) -> list[float]:
+    """Per-document NLL whose pooled perplexity is exactly ``ppl``: per-token NLL
+    ``log(ppl) +- noise``, the signs shuffled per row (documents differ across rows)."""
+    signs = np.random.default_rng(seed).permutation([1.0, -1.0] * (N_DOCS // 2))
+    return list(DOC_TOKENS * (math.log(ppl) + noise * signs))
+
+
+def matrix_file(path, settings, n_units=5, metadata=None, noise=0.01, docs=True):
+    """PPL table from relative changes: ``settings[(setting, seed)][target] = [change per
+    LANGS]``, with per-document NLL (``docs``) that varies by ``noise`` per token."""
     rows = [("base", None, lang, 0, BASE[lang], BASE[lang], -1) for lang in LANGS]
     for (setting, seed), by_target in settings.items():
         for target, changes in by_target.items():
@@ -28,7 +44,11 @@ def matrix_file(path, settings, n_units=5, metadata=None):
             for lang, c in zip(LANGS, changes, strict=True):
                 rows.append((setting, target, lang, units, BASE[lang] * (1 + c), BASE[lang], seed))
     names = ["setting", "target_lang", "eval_lang", "n_units", "ppl", "base_ppl", "seed"]
-    write_parquet(dict(zip(names, map(list, zip(*rows, strict=True)), strict=True)), path, metadata)
+    cols = dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
+    if docs:
+        cols["doc_nll"] = [doc_nll(r[4], noise, i) for i, r in enumerate(rows)]
+        cols["doc_tokens"] = [[DOC_TOKENS] * N_DOCS for _ in rows]
+    write_parquet(cols, path, metadata)
     return path
 
 
@@ -55,7 +75,7 @@ SCENARIOS = {
         "score": "delta",  # core = bottom
         "mono": {"en": [0.5, 0.1, 0.1], "fr": [0.1, 0.5, 0.1], "de": [0.5, 0.1, 0.2]},
         "inhibition": {"parallel": [0.3, 0.5], "en": [0.2, 0.4], "fr": [0.1, 0.1]},
-        "layers": {"en": [3, 1, 0, 0, 0, 0, 0, 2], "fr": [2, 2, 1, 0, 0, 1, 0, 3]},
+        "layers": {"en": [3, 1, 0, 0, 0, 0, 0, 2], "fr": [4, 2, 1, 1, 1, 1, 1, 3]},
     },
     False: {
         "selected": {"en": [0.1, 0.5, 0.2], "fr": [0.1, 0.05, 0.3], "de": [0.3, 0.2, 0.5]},
@@ -74,8 +94,8 @@ EXPECTED = {
         "C": (0.5, 0.3),  # bottom 0.5..0.7 vs max(top, random) <= 0.3; 0.7 > 2 * 0.3 for de
         "D": (2 / 3, 0.5),
         "E": (0.4, 0.3),
-        "F": (6.0, 9.0),
-        "G": (13 / 3, 0.4),  # (8 + 5) / 3 edge layers vs 2 / 5 middle
+        "F": (6.0, 14.0),  # fewer than fr in every layer
+        "G": (5.0, 1.0),  # (10 + 5) / 3 edge layers vs 5 / 5 middle
     },
     False: {
         "A": (1 / 3, 0.5),
@@ -135,8 +155,8 @@ def test_every_claim_holds_or_fails_with_hand_computed_numbers(tmp_path, holds):
         assert details["A/plnd"].startswith("own-language hit hardest for 3/3 targets")
         assert "median own +80.0% vs others +15.0%; random mean +2.0%" in details["A/plnd"]
         assert details["C/region"].startswith("core = bottom (delta)")
-        assert "en 6, fr 9" in details["F/lape"]
-        assert "first 2 layers 4.0, middle 5 layers 0.4, last 1 layers 5.0" in details["G/plnd"]
+        assert "en 6, fr 14" in details["F/lape"]
+        assert "first 2 layers 5.0, middle 5 layers 1.0, last 1 layers 5.0" in details["G/plnd"]
     else:
         assert "1/3 targets (not: en +10.0% < fr +50.0%, fr +5.0% < de +30.0%)" in details["A/plnd"]
         assert details["C/region"].startswith("core = top (grad_x_param)")
@@ -146,7 +166,7 @@ def test_every_claim_holds_or_fails_with_hand_computed_numbers(tmp_path, holds):
 def test_targets_without_neurons_are_skipped_and_b_has_a_floor(tmp_path):
     selected = {"en": [0.015, 0.0, 0.0], "fr": [0.0, 0.015, 0.0], "de": [0.5, 0.5, 0.0]}
     settings = {("selected", -1): selected, ("random", 0): {t: [0.0] * 3 for t in LANGS}}
-    path = matrix_file(tmp_path / "plnd.parquet", settings, n_units={"de": 0})
+    path = matrix_file(tmp_path / "plnd.parquet", settings, n_units={"de": 0}, noise=1e-4)
     table = findings_table({"plnd": path}, None, {}, {}, model="tiny").set_index("method")
     a, b = table[table["claim_id"] == "A"].loc["plnd"], table[table["claim_id"] == "B"].loc["plnd"]
     assert (a["value"], a["holds"]) == (1.0, True)  # de (0 neurons) would have been a miss
@@ -287,3 +307,80 @@ def test_intervention_rows_are_labelled(tmp_path):
     rows = table[table["method"] == "lape (mean)"]
     assert sorted(rows["claim_id"]) == ["A", "B"] and rows["holds"].all()
     assert (rows["source"] == "Tang et al. 2024 (LAPE)").all()
+
+
+PERPLEXITY_CLAIMS = ("A/plnd", "B/plnd", "C/region", "D/region")
+
+
+def test_noisy_documents_widen_the_interval_and_the_claim_is_not_held(tmp_path):
+    """The same point estimates as the holding scenario, but documents that disagree
+    (per-token NLL +-1.5 around the pooled value): intervals straddle 0, nothing holds."""
+    steady = findings_table(**write_inputs(tmp_path / "a", True), model="tiny")
+    inputs = write_inputs(tmp_path / "b", True)
+    s = SCENARIOS[True]
+    settings = {("selected", -1): s["selected"]}
+    settings |= {("random", i): {t: [r] * 3 for t in LANGS} for i, r in enumerate(s["random"])}
+    inputs["ablation"]["plnd"] = matrix_file(tmp_path / "noisy.parquet", settings, noise=1.5)
+    ends = {
+        ("bottom", -1): {None: [0.5, 0.6, 0.7]},
+        ("top", -1): {None: [0.1, 0.2, 0.05]},
+        ("random", 0): {None: [0.01, 0.02, 0.3]},
+        ("monolingual", -1): s["mono"],
+    }
+    meta = {"score": "delta", "k": 0.01, "perturb": "zero"}
+    inputs["region"] = matrix_file(tmp_path / "noisyr.parquet", ends, metadata=meta, noise=1.5)
+    noisy = findings_table(**inputs, model="tiny")
+    for table, held in ((steady, True), (noisy, False)):
+        by = dict(zip(table["claim_id"] + "/" + table["method"], table.itertuples(), strict=True))
+        for cid in PERPLEXITY_CLAIMS:
+            row = by[cid]
+            assert row.value == pytest.approx(EXPECTED[True][cid[0]][0])  # same estimate
+            assert row.ci_low <= row.ci_high and "documents, seed 0" in row.interval
+            assert (row.ci_low > 0) is held and bool(row.holds) is held, row
+            assert "95% CI" in row.detail
+
+
+def test_tables_without_document_nll_are_not_judged(tmp_path):
+    s = SCENARIOS[True]
+    settings = {("selected", -1): s["selected"], ("random", 0): {t: [0.01] * 3 for t in LANGS}}
+    path = matrix_file(tmp_path / "old.parquet", settings, docs=False)
+    table = findings_table({"plnd": path}, None, {}, {}, "tiny")
+    rows = table[table["method"] == "plnd"].set_index("claim_id")
+    assert rows.loc["A", "value"] == 1.0 and pd.isna(rows.loc["A", "holds"])
+    assert "not judged" in rows.loc["A", "detail"] and rows.loc["A", "interval"] == ""
+    assert pd.isna(rows.loc["B", "holds"]) and pd.isna(rows.loc["B", "ci_low"])
+
+
+def test_document_resamples_recompute_perplexity_directly(tmp_path):
+    """Resample 1 of :func:`_changes` equals pooling the documents it draws by hand."""
+    settings = {("selected", -1): {"en": [0.5, 0.1, 0.2]}}
+    path = matrix_file(tmp_path / "m.parquet", settings, noise=0.3)
+    df, ch = _changes(path)
+    assert ch.shape == (len(df), 1 + N_RESAMPLES)
+    np.testing.assert_allclose(ch[:, 0], df["ppl"] / df["base_ppl"] - 1)
+    table = read_parquet(path).to_pandas()
+    rng = np.random.default_rng(0)
+    for lang in sorted(LANGS):  # the draws, language by language in code order
+        picks = rng.integers(0, N_DOCS, size=(N_RESAMPLES, N_DOCS))[0]
+        rows = table[table["eval_lang"] == lang]
+
+        def pooled(row, picks=picks):
+            return math.exp(
+                sum(row.doc_nll[i] for i in picks) / sum(row.doc_tokens[i] for i in picks)
+            )
+
+        base = pooled(next(r for r in rows.itertuples() if r.setting == "base"))
+        for r in rows.itertuples():
+            assert ch[r.Index, 1] == pytest.approx(pooled(r) / base - 1, rel=1e-12)
+
+
+def test_layer_intervals_of_e_f_g(tmp_path):
+    table = findings_table(**write_inputs(tmp_path, True), model="tiny")
+    by = dict(zip(table["claim_id"] + "/" + table["method"], table.itertuples(), strict=True))
+    # E: parallel - largest monolingual is 0.1 in every layer, so in every resample
+    assert (by["E/actcount"].ci_low, by["E/actcount"].ci_high) == pytest.approx((0.1, 0.1))
+    # F: fr has one more neuron than en in each of the 8 layers: 8 in every resample
+    assert (by["F/plnd"].ci_low, by["F/plnd"].ci_high) == pytest.approx((8.0, 8.0))
+    # G: middle layers all 1; edge layers 7, 3, 5 resampled: 3 - 1 <= margin <= 7 - 1
+    g = by["G/plnd"]
+    assert 2.0 <= g.ci_low < 4.0 < g.ci_high <= 6.0 and "layers, seed 0" in g.interval

@@ -26,9 +26,10 @@ def texts(sentences) -> list[str]:
     return EVAL_TEXTS(sentences)
 
 
-def direct_nll(model, tokenizer, texts, max_length=MAX_LEN) -> list[float]:
-    """Per predicted token NLL from ``model(input_ids).logits``, one text at a time."""
-    out: list[float] = []
+def direct_doc_nll(model, tokenizer, texts, max_length=MAX_LEN) -> list[list[float]]:
+    """Per predicted token NLL from ``model(input_ids).logits``, one text at a time, per
+    text with a token to predict."""
+    out: list[list[float]] = []
     with torch.no_grad():
         for text in texts:
             ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
@@ -36,8 +37,12 @@ def direct_nll(model, tokenizer, texts, max_length=MAX_LEN) -> list[float]:
                 continue
             logits = model(torch.tensor([ids])).logits[0, :-1]
             logp = torch.log_softmax(logits.double(), dim=-1)
-            out += (-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]).tolist()
+            out.append((-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]).tolist())
     return out
+
+
+def direct_nll(model, tokenizer, texts, max_length=MAX_LEN) -> list[float]:
+    return [x for doc in direct_doc_nll(model, tokenizer, texts, max_length) for x in doc]
 
 
 def direct_ppl(nll: list[float]) -> float:
@@ -52,10 +57,14 @@ def test_perplexity_equals_direct(tiny_model, tiny_tokenizer, texts, arch, monke
     model = tiny_model(arch).double()
     monkeypatch.setattr(ppl_mod, "MAX_LOGITS", 3 * model.config.vocab_size)  # 3-row chunks
     res = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN, batch_size=3)
-    nll = direct_nll(model, tiny_tokenizer, texts)
+    docs = direct_doc_nll(model, tiny_tokenizer, texts)
+    nll = [x for doc in docs for x in doc]
     assert res.n_tokens == len(nll)
     assert res.nll_sum == pytest.approx(sum(nll), rel=1e-10)
     assert res.ppl == pytest.approx(direct_ppl(nll), rel=1e-10)
+    # per document, in text order (the text with nothing to predict left out)
+    assert res.doc_tokens == tuple(len(doc) for doc in docs)
+    assert res.doc_nll == pytest.approx([sum(doc) for doc in docs], rel=1e-10)
 
 
 def test_perplexity_float32_within_1e5(tiny_model, tiny_tokenizer, texts):

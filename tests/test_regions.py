@@ -4,6 +4,7 @@ perturbation and region-freeze training on tiny models."""
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import make_model
 from safetensors.numpy import save_file
 
+from workflow_scripts.evaluation.ablation import MATRIX_SCHEMA
 from workflow_scripts.models.anatomy import param_kind, region_parameters
 from workflow_scripts.models.padding import pad_id
 from workflow_scripts.regions.freeze import freeze_train
@@ -351,6 +353,10 @@ def test_perturbation_table_and_summary(tiny_tokenizer, tmp_path, sentences):
     assert [r["setting"] for r in rows] == ["base", "base", "monolingual", "monolingual"]
     assert rows[2]["target_lang"] == "en" and rows[2]["n_units"] == regions["core"].num_rows
     assert rows[2]["base_ppl"] == rows[0]["ppl"] and rows[2]["ppl"] != rows[0]["ppl"]
+    assert table.schema == MATRIX_SCHEMA
+    for r in rows:  # documents' NLL, pooled back to the row's perplexity (20-token budget)
+        assert sum(r["doc_tokens"]) == 20
+        assert math.exp(sum(r["doc_nll"]) / 20) == pytest.approx(r["ppl"], rel=1e-9)
     only_norms = perturbation_table(
         model, tiny_tokenizer, "top", regions["top"], texts, kinds=["norm"], max_tokens=20
     )

@@ -26,7 +26,7 @@ from workflow_scripts.evaluation.interventions import (
     intervened,
     validate_units,
 )
-from workflow_scripts.evaluation.perplexity import perplexity
+from workflow_scripts.evaluation.perplexity import PerplexityResult, perplexity
 from workflow_scripts.models.anatomy import ExpertSite, attention_sites, ffn_sites, layer_modules
 from workflow_scripts.units import ATTENTION, DENSE_MODULES, EXPERT, family, unknown_modules
 
@@ -36,7 +36,56 @@ __all__ = ["MODES", "Intervention", "deactivated", "intervened"]  # re-exported
 SETTINGS = ("base", "selected", "random")
 # what the perplexity matrix accepts (set needs a second language: the steering experiment)
 ABLATION_INTERVENTIONS = ("zero", "scale", "mean")
-MATRIX_COLUMNS = ["setting", "target_lang", "eval_lang", "n_units", "ppl", "base_ppl", "seed"]
+# a row of the perplexity matrix (ablation and region perturbation); doc_nll / doc_tokens:
+# per evaluated document (the findings' bootstrap over documents resamples them)
+MATRIX_SCHEMA = pa.schema(
+    [
+        ("setting", pa.string()),
+        ("target_lang", pa.string()),
+        ("eval_lang", pa.string()),
+        ("n_units", pa.int64()),
+        ("ppl", pa.float64()),
+        ("base_ppl", pa.float64()),
+        ("seed", pa.int64()),
+        ("doc_nll", pa.list_(pa.float64())),
+        ("doc_tokens", pa.list_(pa.int64())),
+    ]
+)
+MATRIX_COLUMNS = MATRIX_SCHEMA.names
+
+
+class MatrixRows:
+    """Accumulates perplexity-matrix rows; :meth:`table` gives the ``MATRIX_SCHEMA`` table."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(
+        self,
+        setting: str,
+        target: str | None,
+        lang: str,
+        n_units: int,
+        result: PerplexityResult,
+        base: PerplexityResult,
+        seed: int = -1,
+    ) -> None:
+        self.rows.append(
+            {
+                "setting": setting,
+                "target_lang": target,
+                "eval_lang": lang,
+                "n_units": n_units,
+                "ppl": result.ppl,
+                "base_ppl": base.ppl,
+                "seed": seed,
+                "doc_nll": list(result.doc_nll),
+                "doc_tokens": list(result.doc_tokens),
+            }
+        )
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=MATRIX_SCHEMA)
 
 
 # ---------------------------------------------------------------------- unit sets
@@ -141,19 +190,12 @@ def ablation_matrix(
     selections = {t: sorted({as_unit(u) for u in units}) for t, units in selections.items()}
     for units in selections.values():  # validate every unit before computing anything
         validate_units(model, units)
-    rows: dict[str, list] = {c: [] for c in MATRIX_COLUMNS}
-
-    def add(setting, target, lang, n_units, ppl, base, row_seed=-1) -> None:
-        for col, value in zip(
-            MATRIX_COLUMNS, (setting, target, lang, n_units, ppl, base, row_seed), strict=True
-        ):
-            rows[col].append(value)
-
+    rows = MatrixRows()
     base = {}
     for lang, texts in eval_texts.items():
-        base[lang] = perplexity(model, tokenizer, texts, **ppl_kwargs).ppl
-        add("base", None, lang, 0, base[lang], base[lang])
-        log.info("ablation: base PPL %s = %.4g", lang, base[lang])
+        base[lang] = perplexity(model, tokenizer, texts, **ppl_kwargs)
+        rows.add("base", None, lang, 0, base[lang], base[lang])
+        log.info("ablation: base PPL %s = %.4g", lang, base[lang].ppl)
     used = sorted({m for units in selections.values() for _, m, _ in units})
     candidates = all_units(model, used) if used and n_random > 0 else []
     for target, units in selections.items():
@@ -167,29 +209,19 @@ def ablation_matrix(
         for setting, chosen, row_seed in settings:
             if not chosen:
                 for lang in eval_texts:
-                    add(setting, target, lang, 0, base[lang], base[lang], row_seed)
+                    rows.add(setting, target, lang, 0, base[lang], base[lang], row_seed)
                 continue
             with intervened(model, chosen, intervention, values, mode):
                 for lang, texts in eval_texts.items():
-                    ppl = perplexity(model, tokenizer, texts, **ppl_kwargs).ppl
-                    add(setting, target, lang, len(chosen), ppl, base[lang], row_seed)
+                    result = perplexity(model, tokenizer, texts, **ppl_kwargs)
+                    rows.add(setting, target, lang, len(chosen), result, base[lang], row_seed)
                     log.info(
                         "ablation: %s %s (seed %d) on %s: PPL %.4g (base %.4g)",
                         setting,
                         target,
                         row_seed,
                         lang,
-                        ppl,
-                        base[lang],
+                        result.ppl,
+                        base[lang].ppl,
                     )
-    return pa.table(
-        {
-            "setting": pa.array(rows["setting"], pa.string()),
-            "target_lang": pa.array(rows["target_lang"], pa.string()),
-            "eval_lang": pa.array(rows["eval_lang"], pa.string()),
-            "n_units": pa.array(rows["n_units"], pa.int64()),
-            "ppl": pa.array(rows["ppl"], pa.float64()),
-            "base_ppl": pa.array(rows["base_ppl"], pa.float64()),
-            "seed": pa.array(rows["seed"], pa.int64()),
-        }
-    )
+    return rows.table()

@@ -27,16 +27,20 @@ from workflow_scripts.models.placement import input_device
 log = logging.getLogger(__name__)
 
 MAX_LOGITS = 2**24  # logits elements per cross-entropy chunk (64 MB in float32)
-# logits elements per cross-entropy chunk (64 MB in float32)
 
 
 @dataclass(frozen=True)
 class PerplexityResult:
-    """Token-weighted perplexity ``exp(nll_sum / n_tokens)`` over the predicted tokens."""
+    """Token-weighted perplexity ``exp(nll_sum / n_tokens)`` over the predicted tokens;
+    ``doc_nll`` / ``doc_tokens``: the summed NLL and predicted tokens of each evaluated
+    document (the texts with a token to predict, in text order), which the findings
+    resample for their bootstrap intervals."""
 
     ppl: float
     nll_sum: float
     n_tokens: int
+    doc_nll: tuple[float, ...] = ()
+    doc_tokens: tuple[int, ...] = ()
 
 
 def _budgeted_ids(
@@ -63,23 +67,35 @@ def _budgeted_ids(
 
 
 def chunked_nll(
-    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    cap: float | None,
+    rows: torch.Tensor | None = None,
+    n_rows: int = 1,
 ) -> torch.Tensor:
-    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of rows at a
-    time, in float32 (float64 sum), as a tensor on the head's device: no host sync."""
+    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of positions
+    at a time, in float32 (float64 sums), as a tensor on the head's device: no host sync.
+    With ``rows`` (``[N]``, the sequence of each position) the sums per sequence
+    (``[n_rows]``), else one 0-d sum."""
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
-    rows = max(1, MAX_LOGITS // vocab)
+    chunk = max(1, MAX_LOGITS // vocab)
     total = None
-    for i in range(0, hidden.shape[0], rows):
-        logits = head(hidden[i : i + rows])
+    for i in range(0, hidden.shape[0], chunk):
+        logits = head(hidden[i : i + chunk])
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
-        target = targets[i : i + rows].to(logits.device)
-        nll = F.cross_entropy(logits, target, reduction="sum").double()
-        total = nll if total is None else total + nll
-    return total
+        target = targets[i : i + chunk].to(logits.device)
+        nll = F.cross_entropy(logits, target, reduction="none").double()
+        if total is None:
+            total = torch.zeros(n_rows, dtype=torch.float64, device=logits.device)
+        if rows is None:
+            total += nll.sum()
+        else:
+            total.index_add_(0, rows[i : i + chunk].to(logits.device), nll)
+    return total[0] if rows is None else total
 
 
 @torch.inference_mode()
@@ -99,7 +115,7 @@ def perplexity(
     count. Batches are sorted by length and right-padded (pads are masked and never
     predicted; the tokenizer is not modified). The trunk (``model.base_model``) runs
     on the batch, the LM head (plus Gemma's final logit softcapping) only on the
-    hidden states of the valid positions, in chunks.
+    hidden states of the valid positions, in chunks; the NLL is summed per document.
     """
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"perplexity: max_tokens must be >= 1, got {max_tokens}")
@@ -113,18 +129,24 @@ def perplexity(
     model.eval()
     try:
         order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
-        nll_sum, n_tokens = 0.0, 0
+        doc_nll = [0.0] * len(docs)
         for start in range(0, len(order), batch_size):
-            batch = [docs[i] for i in order[start : start + batch_size]]
-            input_ids, mask = right_padded(batch, pad, device)
+            picked = order[start : start + batch_size]
+            input_ids, mask = right_padded([docs[i] for i in picked], pad, device)
             hidden = trunk(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
             valid = mask[:, 1:].bool()  # position t predicts token t+1
             h = hidden[:, :-1][valid.to(hidden.device)].contiguous()
-            nll_sum += chunked_nll(head, h, input_ids[:, 1:][valid], cap).item()
-            n_tokens += int(valid.sum())
+            rows = torch.arange(len(picked), device=valid.device)[:, None].expand_as(valid)[valid]
+            nll = chunked_nll(head, h, input_ids[:, 1:][valid], cap, rows, len(picked))
+            for i, value in zip(picked, nll.tolist(), strict=True):
+                doc_nll[i] = value
     finally:
         model.train(was_training)
-    return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens)
+    doc_tokens = tuple(len(ids) - 1 for ids in docs)
+    nll_sum, n_tokens = math.fsum(doc_nll), sum(doc_tokens)
+    return PerplexityResult(
+        math.exp(nll_sum / n_tokens), nll_sum, n_tokens, tuple(doc_nll), doc_tokens
+    )
 
 
 def perplexity_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

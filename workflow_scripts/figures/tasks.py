@@ -115,34 +115,40 @@ def _matrix(table: pd.DataFrame, value: str) -> tuple[np.ndarray, list[str], lis
     return m, [CELL_LABELS[c] for c in cells], labels
 
 
+def _ratio_text(log2_ratio: float) -> str:
+    r = 2.0**log2_ratio
+    return f"x{r:.3g}" if r < 1000 else f"x{r:.1e}".replace("e+0", "e").replace("e+", "e")
+
+
 def plot_layer_stages(table: pd.DataFrame, model: str, out: str | Path) -> None:
     """Rows: stage x structure cells; columns: each language's task and the English task
     with that language's neurons deactivated. Left: the task score's drop from the
-    unablated model, minus the random control's; right: the same for the relative
-    perplexity change. Diverging colours centred on 0, one scale per panel."""
+    unablated model, minus the random control's (points); right: the perplexity ratio of
+    the selected to the random units (log2 colours, annotated as a factor: ablations
+    span 1.1x to 10^4x). Diverging colours centred on 0, one scale per panel."""
     task = ", ".join(dict.fromkeys(table["task"]))
+    table = table.assign(log2_ppl=np.log2(1 + table["ppl_change"]))
     panels = [
-        ("drop", f"{task}: score drop, selected - random (points)"),
-        ("ppl_change", "perplexity change, selected - random"),
+        ("drop", f"{task}: score drop, selected - random (points)", "points of accuracy"),
+        ("log2_ppl", "perplexity, selected / random", "log2 perplexity ratio"),
     ]
     langs = ", ".join(dict.fromkeys(table["lang"]))
     n_cols = 2 * table["lang"].nunique()
     fig, axes = plt.subplots(1, 2, figsize=(2 * (2.2 + 0.9 * n_cols), 4.2), layout="constrained")
     fig.suptitle(f"Layer-stage x structure ablation (Zhao et al.), {model}: {langs} vs en")
-    for ax, (value, title) in zip(axes, panels, strict=True):
+    for ax, (value, title, unit) in zip(axes, panels, strict=True):
         m, rows, cols = _matrix(table, value)
-        scale = 100 if value == "drop" else 1
-        data = m * scale
+        data = m * 100 if value == "drop" else m
         lim = np.nanmax(np.abs(data)) if np.isfinite(data).any() else 1.0
         im = ax.imshow(data, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 if np.isfinite(data[i, j]):
-                    text = f"{data[i, j]:+.1f}" if value == "drop" else f"{100 * m[i, j]:+.0f}%"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7)
+                    text = f"{data[i, j]:+.1f}" if value == "drop" else _ratio_text(m[i, j])
+                    color = "white" if abs(data[i, j]) > 0.6 * lim else "black"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
         ax.set_xticks(range(len(cols)), cols, fontsize=7)
         ax.set_yticks(range(len(rows)), rows, fontsize=8)
         ax.set_title(title, fontsize=9)
-        bar = fig.colorbar(im, ax=ax, shrink=0.8)
-        bar.set_label("points of accuracy" if value == "drop" else "relative change")
+        fig.colorbar(im, ax=ax, shrink=0.8).set_label(unit)
     save(fig, out)

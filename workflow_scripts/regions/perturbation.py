@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from workflow_scripts.evaluation.ablation import MATRIX_COLUMNS
+from workflow_scripts.evaluation.ablation import MatrixRows
 from workflow_scripts.evaluation.perplexity import perplexity
 from workflow_scripts.models.placement import check_editable
 from workflow_scripts.regions.selection import KINDS, region_indices, region_params
@@ -80,28 +80,27 @@ def perturbation_table(
 ) -> pa.Table:
     """Perplexity in every evaluation language with ``region`` perturbed, and without.
 
-    Rows follow ``ablation.MATRIX_COLUMNS``: one ``base`` row per language, then one
+    Rows follow ``ablation.MATRIX_SCHEMA``: one ``base`` row per language, then one
     row with ``setting`` = the region name (``monolingual_L`` gives setting
     ``monolingual`` and target_lang L) and ``n_units`` = elements perturbed.
     """
     indices = region_indices(table, kinds)
     n_units = int(sum(i.numel() for i in indices.values()))
     setting, _, target = region.partition("_")
-    rows = []
+    rows, base = MatrixRows(), {}
     for lang, texts in eval_texts.items():
-        base = perplexity(model, tokenizer, texts, **ppl_kwargs).ppl
-        rows.append(("base", None, lang, 0, base, base, -1))
+        base[lang] = perplexity(model, tokenizer, texts, **ppl_kwargs)
+        rows.add("base", None, lang, 0, base[lang], base[lang])
     with perturbed(model, indices, how, scale, seed):
-        for i, (lang, texts) in enumerate(eval_texts.items()):
-            ppl = perplexity(model, tokenizer, texts, **ppl_kwargs).ppl
-            base = rows[i][4]
-            rows.append((setting, target or None, lang, n_units, ppl, base, seed))
-            log.info("region %s (%s) on %s: PPL %.4g (base %.4g)", region, how, lang, ppl, base)
-    columns = list(zip(*rows, strict=True))
-    types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.float64(), pa.float64()]
-    return pa.table(
-        {
-            name: pa.array(col, typ)
-            for name, col, typ in zip(MATRIX_COLUMNS, columns, [*types, pa.int64()], strict=True)
-        }
-    )
+        for lang, texts in eval_texts.items():
+            result = perplexity(model, tokenizer, texts, **ppl_kwargs)
+            rows.add(setting, target or None, lang, n_units, result, base[lang], seed)
+            log.info(
+                "region %s (%s) on %s: PPL %.4g (base %.4g)",
+                region,
+                how,
+                lang,
+                result.ppl,
+                base[lang].ppl,
+            )
+    return rows.table()
