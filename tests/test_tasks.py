@@ -397,6 +397,8 @@ def test_pim_summary_paired_differences_by_hand():
     assert s.loc["pim", "vs_repeat"] == pytest.approx(15.0)
     assert s.loc["pim", "vs_monolingual_low"] <= 5.0 <= s.loc["pim", "vs_monolingual_high"]
     assert s.loc["pim", "inhibited_vs_monolingual"] == pytest.approx(0.005)
+    assert s.loc["pim", "bleu_vs_monolingual"] == pytest.approx(5.0)  # per-item sentence BLEU
+    assert s.loc["pim", "bleu_vs_repeat_low"] <= 15.0 <= s.loc["pim", "bleu_vs_repeat_high"]
     assert s.loc["monolingual", "bleu"] == pytest.approx(100.0)  # generation == reference
     assert np.isnan(s.loc["repeat"].get("vs_repeat", np.nan))
 

@@ -3,7 +3,8 @@ over items (docs/methods.md, "Task evaluation").
 
 - :func:`pim_summary`: per (task, subset, condition): the mean per-item score with its
   interval, the corpus BLEU / chrF of translation tasks, the mean inhibited share, and
-  the paired per-item difference to ``monolingual`` (and, for ``pim``, to ``repeat``);
+  the paired per-item difference to ``monolingual`` (and, for ``pim``, to ``repeat``)
+  of the score, the sentence BLEU (translation) and the inhibited share;
 - :func:`stage_summary`: per (task, language, cell, eval language, control): the mean
   score, the paired per-item drop from the unablated score (random draws averaged per
   item) with its interval, and the perplexity change.
@@ -22,6 +23,9 @@ from workflow_scripts.io import read_metadata, read_parquet
 from workflow_scripts.tasks.metrics import corpus_scores
 
 PathLike = str | Path
+# per-item columns compared between conditions: (column prefix, column); bleu is the
+# sentence BLEU of translation items (the summary's own bleu / chrf are corpus scores)
+PAIRED = (("", "score"), ("bleu_", "bleu"), ("inhibited_", "inhibited_share"))
 
 
 def eval_frames(paths: Sequence[PathLike]) -> pd.DataFrame:
@@ -68,11 +72,11 @@ def pim_summary(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                     and other != condition
                     and not (other == "repeat" and condition != "pim")
                 ):
-                    mean, lo, hi, _ = paired(g["score"], by[other]["score"], seed)
-                    row |= {f"vs_{other}": mean, f"vs_{other}_low": lo, f"vs_{other}_high": hi}
-                    inh = paired(g["inhibited_share"], by[other]["inhibited_share"], seed)
-                    row |= {f"inhibited_vs_{other}": inh[0], f"inhibited_vs_{other}_low": inh[1]}
-                    row |= {f"inhibited_vs_{other}_high": inh[2]}
+                    for prefix, col in PAIRED:
+                        if g[col].notna().any():
+                            mean, lo, hi, _ = paired(g[col], by[other][col], seed)
+                            name = f"{prefix}vs_{other}"
+                            row |= {name: mean, f"{name}_low": lo, f"{name}_high": hi}
             rows.append(row)
     return pd.DataFrame(rows)
 
