@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,11 @@ def write_parquet(
         pq.write_table(table, tmp, compression="zstd")
 
 
-def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file, turning a missing, corrupt or incomplete file into one clear error."""
+def read_parquet(
+    path: str | os.PathLike, columns: list[str] | None = None, optional: Sequence[str] = ()
+) -> pa.Table:
+    """Read a Parquet file, turning a missing, corrupt or incomplete file into one clear error;
+    with ``columns``, only those (each required) and the ``optional`` ones the file has."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file does not exist")
@@ -85,7 +88,7 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> p
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; has {table.column_names}")
-        table = table.select(columns)
+        table = table.select([*columns, *(c for c in optional if c in table.column_names)])
     return table
 
 

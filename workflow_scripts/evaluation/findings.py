@@ -161,8 +161,8 @@ def _changes(path: PathLike) -> tuple[pd.DataFrame, np.ndarray]:
     the table's own, then under each bootstrap resample of its evaluation language's
     documents (the same resample for every row of a language: paired). A table without
     per-document NLL (made before the intervals) gives only the first column."""
-    table = read_parquet(path)
-    df = read_parquet(path, MATRIX_COLUMNS[:7]).to_pandas()
+    table = read_parquet(path, MATRIX_COLUMNS[:7], optional=MATRIX_COLUMNS[7:])
+    df = table.select(MATRIX_COLUMNS[:7]).to_pandas()
     point = (df["ppl"] / df["base_ppl"] - 1).to_numpy()[:, None]
     if "doc_nll" not in table.column_names:
         return df, point
@@ -201,6 +201,11 @@ def _cells(df: pd.DataFrame, ch: np.ndarray, setting: str, langs, targets=None) 
     return out
 
 
+def _diagonal(cube: np.ndarray, targets: list[str], langs: list[str]) -> np.ndarray:
+    """``[targets, resamples]``: each target's cells in its own evaluation language."""
+    return np.stack([cube[i, langs.index(t)] for i, t in enumerate(targets)])
+
+
 @dataclass
 class OwnLanguage:
     """A selection's (or region's) change in its own language vs the others, per target
@@ -236,7 +241,7 @@ def _own_language(df: pd.DataFrame, ch: np.ndarray, setting: str) -> OwnLanguage
     if not targets or len(langs) < 2:
         return None
     cube = _cells(rows, ch[rows.index.to_numpy()], setting, langs, targets)
-    own = np.stack([cube[i, langs.index(t)] for i, t in enumerate(targets)])
+    own = _diagonal(cube, targets, langs)
     others = np.stack([np.delete(cube[i], langs.index(t), axis=0) for i, t in enumerate(targets)])
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
@@ -266,9 +271,7 @@ def _neuron_claims(method: str, path: PathLike | None) -> list[dict]:
     )
     point = res.share[0] > 0.5 and own_med[0] > others_med[0]
     rows = [_row("A", method, res.share[0], 0.5, _judged(point, ci[0]), detail, ci, DOCS)]
-    rnd_own = np.stack(
-        [rnd[i, list(res.point.columns).index(t)] for i, t in enumerate(res.targets)]
-    )
+    rnd_own = _diagonal(rnd, res.targets, list(res.point.columns))
     if np.isnan(rnd_own[:, 0]).all():
         return [*rows, _row("B", method, detail=f"not computed: no random rows in {path}")]
     rnd_med = np.nanmedian(rnd_own, axis=0)
