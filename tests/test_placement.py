@@ -363,3 +363,14 @@ def test_bfloat16_gives_the_float32_selections_up_to_ties(tiny_tokenizer, senten
     assert overlap >= 0.8
     with capsys.disabled():
         print("\nbfloat16 vs float32 (tiny qwen2):", "; ".join(report))
+
+
+def test_job_threads_capped_by_cpu_affinity(monkeypatch):
+    """A job told 8 threads on a 2-core allocation starts torch with 2, even when the
+    machine has more cores than the process may use (SLURM, cgroups, taskset)."""
+    from workflow_scripts.steps import _step
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert _step.threads(SimpleNamespace(threads=8)) == 2
+    assert _step.threads(SimpleNamespace(threads=1)) == 1

@@ -353,6 +353,29 @@ def test_q_k_match_direct(run):
         assert run.scores[(site.layer, "q")].tokens[:, 0].abs().max() < 1e-12
 
 
+def test_tiles_equal_the_full_score_matrix(run):
+    """Tiny query blocks and dim chunks (every tile boundary, causal key ranges, the
+    sliding window of starcoder2, padding) give the full-matrix computation's values;
+    OLMo 2's whole-projection norms go to the full-matrix path."""
+    for site in attention_sites(run.model):
+        kw = run.attn_kw[site.layer]
+        st = attention_state(
+            site, kw["hidden_states"], kw["position_embeddings"], kw["attention_mask"]
+        )
+        with torch.no_grad():
+            direct = plnd.qk_importance_direct(site, st)
+            if site.qk_norm_over_projection():
+                routed = qk_importance(site, st, valid=run.valid)
+                assert all(torch.equal(routed[p], direct[p]) for p in direct)
+                continue
+            for block, elements in ((1, 1), (2, 64), (5, 10**6)):
+                tiled = plnd.qk_importance_tiled(site, st, ("q", "k"), elements, run.valid, block)
+                for part in ("q", "k"):
+                    got, want = tiled[part][run.valid], direct[part][run.valid]
+                    assert torch.allclose(got, want, rtol=RTOL, atol=ATOL), (part, block)
+                    assert (tiled[part][~run.valid] == 0).all()
+
+
 @pytest.mark.parametrize("case", GQA_CASES)
 def test_gqa_mapping_matters(tiny_tokenizer, case):
     """With n_kv < n_heads the released indexing ``h % n_kv`` gives different numbers."""

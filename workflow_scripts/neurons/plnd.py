@@ -257,13 +257,166 @@ def _chunks(n: int, size: int) -> Iterable[slice]:
         yield slice(start, min(start + size, n))
 
 
+TILE_ELEMENTS = 2**19  # Q/K tile on CPU: 2 MiB of float32, stays in a core's L2 cache
+QUERY_BLOCK = 32  # query rows per tile: a causal block sees only the keys up to its end
+MASKED = -60.0  # a masked score, relative to its row's maximum, in the tiled Q/K path
+
+
 def qk_importance(
     site: AttentionSite,
     st: AttentionState,
     parts: Iterable[str] = ("q", "k"),
     max_elements: int = 2**24,
+    valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token Q ``[B, T, H*D]`` and K ``[B, T, n_kv*D]`` importance (see module doc).
+
+    The common case (per-head or no q/k norms, a 0 / -inf mask) goes through
+    :func:`qk_importance_tiled`; q/k norms over the whole projection (OLMo 2) and
+    other additive masks through :func:`qk_importance_direct`. ``valid`` ``[B, T]``:
+    the rows to score (the others are left 0); all rows if ``None``.
+    """
+    lowest = torch.finfo(st.bias.dtype).min
+    plain = bool(((st.bias == 0) | (st.bias <= lowest / 2)).all())
+    if site.qk_norm_over_projection() or not plain:
+        return qk_importance_direct(site, st, parts, max_elements)
+    tile = TILE_ELEMENTS if st.raw.device.type == "cpu" else max_elements
+    out = qk_importance_tiled(site, st, parts, min(tile, max_elements), valid)
+    if all(bool(imp.isfinite().all()) for imp in out.values()):
+        return out
+    # a removed dim moved a score by more than exp's range (no max pass in the tiles)
+    return qk_importance_direct(site, st, parts, max_elements)
+
+
+def _spans(st: AttentionState, valid: torch.Tensor | None, block: int) -> list[list[tuple]]:
+    """Per document, the tiles ``(t0, t1, k0, k1)``: query rows ``t0:t1`` (blocks of
+    ``block`` valid rows) and the key range ``k0:k1`` any of them may attend to."""
+    lowest = torch.finfo(st.bias.dtype).min
+    bsz, seq = st.raw.shape[0], st.raw.shape[2]
+    allowed = (st.bias > lowest / 2).any(1).expand(bsz, seq, seq)  # [B, T, T], any head
+    idx = torch.arange(seq, device=allowed.device)
+    last = torch.where(allowed, idx, -1).amax(-1)
+    first = torch.where(allowed, idx, seq).amin(-1)
+    rows = torch.ones(bsz, seq, dtype=torch.bool) if valid is None else valid.cpu()
+    last, first = last.tolist(), first.tolist()
+    out = []
+    for b in range(bsz):
+        where = rows[b].nonzero().flatten().tolist()
+        spans = []
+        if where:
+            for t0 in range(where[0], where[-1] + 1, block):
+                t1 = min(t0 + block, where[-1] + 1)
+                k0, k1 = min(first[b][t0:t1]), max(last[b][t0:t1]) + 1
+                if k1 > k0:
+                    spans.append((t0, t1, k0, k1))
+        out.append(spans)
+    return out
+
+
+def qk_importance_tiled(
+    site: AttentionSite,
+    st: AttentionState,
+    parts: Iterable[str] = ("q", "k"),
+    max_elements: int = TILE_ELEMENTS,
+    valid: torch.Tensor | None = None,
+    block: int = QUERY_BLOCK,
+) -> dict[str, torch.Tensor]:
+    """Q/K importance as :func:`qk_importance_direct`, in cache-sized tiles.
+
+    Per document and block of query rows only the keys the block may see are read
+    (causal: about half the score matrix; padding: none), all heads and a chunk of
+    dims at once, ``H * c * rows * keys <= max_elements``. The new row of dim d is
+    ``(S - m - delta_d) * f`` with ``S - m`` the scores shifted by their row maximum
+    (softmax is unchanged by a per-row shift; a per-key k_norm factor gives
+    ``(S - m - delta_d) f + m (f - 1)``), exponentiated without a max pass (the row
+    maximum is 0 before the change), normalised and compared with the stock
+    probabilities. Masked cells are set to :data:`MASKED` instead of -inf, which
+    leaves ``exp(-60) / Z`` instead of 0 there: below float32 resolution. Assumes the mask is 0 / -inf and the q/k
+    norms are per head (:func:`qk_importance` checks).
+    """
+    parts = [p for p in ("q", "k") if p in set(parts)]
+    bsz, heads, seq, dim = st.q.shape
+    s, lowest = site.scaling, torch.finfo(st.raw.dtype).min
+    kv = site.kv_index(st.q.device)
+
+    def dims_last(x: torch.Tensor) -> torch.Tensor:  # [B, H, T, D] -> contiguous [B, H, D, T]
+        return x.transpose(-1, -2).contiguous()
+
+    cos, sin = st.cos[:, None], st.sin[:, None]
+    # per part: (row terms r0, r1 per query, column terms c0, c1 per key, norm factor,
+    # whether the factor is per query): delta = r0 c0 + r1 c1 (module doc's derivations)
+    terms: dict[str, tuple] = {}
+    if "q" in parts:
+        q_fac = _rms_factor(st.q_pre, site.q_norm)
+        k_rot = st.k_rot[:, kv]
+        terms["q"] = (
+            dims_last(st.q * cos * s),
+            dims_last(-st.q * sin * s),
+            dims_last(k_rot),
+            dims_last(_rotate_half(k_rot, st.rotary)),
+            None if q_fac is None else dims_last(q_fac),
+            True,
+        )
+    if "k" in parts:
+        k_fac = _rms_factor(st.k_pre, site.k_norm)
+        k = st.k[:, kv] * s
+        terms["k"] = (
+            dims_last(st.q_rot),
+            dims_last(_rotate_half(st.q_rot, st.rotary)),
+            dims_last(k * cos),
+            dims_last(-k * sin),
+            None if k_fac is None else dims_last(k_fac[:, kv]),
+            False,
+        )
+    allowed = st.bias > lowest / 2
+    row_max = torch.where(allowed, st.raw, lowest).amax(-1, keepdim=True)  # [B, H, T, 1]
+    # masked cells at MASKED below the row maximum: exp gives ~1e-26 of the maximum's
+    # weight there (below float32 resolution) while staying on its fast vectorized path
+    # (-inf and arguments under ~-87 take a scalar path that is ~10x slower on CPU)
+    shifted = (st.raw - row_max).masked_fill(~allowed, MASKED)
+    out = {part: st.q.new_zeros(bsz, heads, dim, seq) for part in parts}
+    work = st.q.new_empty(max_elements + heads * seq * seq)
+    for b, spans in enumerate(_spans(st, valid, block)):
+        for t0, t1, k0, k1 in spans:
+            rows, keys = slice(t0, t1), slice(k0, k1)
+            n_rows, n_keys = t1 - t0, k1 - k0
+            c = max(1, min(dim, max_elements // (heads * n_rows * n_keys)))
+            base = shifted[b, :, rows, keys][:, None]  # [H, 1, rows, keys]
+            m = row_max[b, :, rows][:, None]
+            probs = st.probs[b, :, rows, keys][:, None]
+            for part, (r0, r1, c0, c1, fac, per_query) in terms.items():
+                for dc in _chunks(dim, c):
+                    new = work[: heads * (dc.stop - dc.start) * n_rows * n_keys]
+                    new = new.view(heads, -1, n_rows, n_keys)
+                    torch.addcmul(base, r0[b, :, dc, rows, None], c0[b, :, dc, None, keys],
+                                  value=-1, out=new)  # fmt: skip
+                    new.addcmul_(r1[b, :, dc, rows, None], c1[b, :, dc, None, keys], value=-1)
+                    if fac is not None and per_query:
+                        new.mul_(fac[b, :, dc, rows, None])
+                    elif fac is not None:  # (S - delta) f - m = (S - m - delta) f + m (f - 1)
+                        f = fac[b, :, dc, None, keys]
+                        new.mul_(f).addcmul_(m, f - 1)
+                    new.exp_()
+                    z = new.sum(-1, keepdim=True).reciprocal_()
+                    torch.addcmul(probs, new, z, value=-1, out=new)
+                    out[part][b, :, dc, rows] = torch.linalg.vector_norm(new, dim=-1)
+    result = {}
+    if "q" in out:
+        result["q"] = out["q"].permute(0, 3, 1, 2).reshape(bsz, seq, heads * dim)
+    if "k" in out:  # a kv head's change: the norm over the query heads it serves
+        sq = out["k"].square()[:, site.heads_of_kv(st.q.device)].sum(2)  # [B, Hkv, D, T]
+        result["k"] = sq.sqrt().permute(0, 3, 1, 2).reshape(bsz, seq, -1)
+    return result
+
+
+def qk_importance_direct(
+    site: AttentionSite,
+    st: AttentionState,
+    parts: Iterable[str] = ("q", "k"),
+    max_elements: int = 2**24,
+) -> dict[str, torch.Tensor]:
+    """Per-token Q and K importance, head by head over the full score matrix: any mask,
+    and q/k norms over the whole projection.
 
     For each head, all its dims are handled at once in chunks of ``c`` dims such that
     ``B * c * T * T <= max_elements``. With q/k norms over the whole projection (OLMo 2)
@@ -493,7 +646,8 @@ def plnd_scores(
             if verify:
                 errors[site.layer] = _o_in_error(site, st, cache.pop(site.layer), valid(x.device))
             qk = [p for p in ("q", "k") if p in parts]
-            for part, imp in qk_importance(site, st, qk, max_elements).items():
+            imps = qk_importance(site, st, qk, max_elements, valid(x.device))
+            for part, imp in imps.items():
                 store(site.layer, part, imp)
 
         return hook

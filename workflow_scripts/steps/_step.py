@@ -36,10 +36,13 @@ def run(snakemake, main: Callable[[], None]) -> None:
 
 
 def threads(snakemake) -> int:
-    """Torch threads for this job: the job's threads, never more than the machine has."""
+    """Torch threads for this job: the job's threads, never more than the cores this
+    process may run on (its CPU affinity: a SLURM or cgroup allocation, ``taskset``),
+    which can be fewer than the machine has."""
     import os
 
-    return max(1, min(snakemake.threads, os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(snakemake.threads, cores or 1))
 
 
 def placement(snakemake) -> dict:
