@@ -288,12 +288,12 @@ def qk_importance(
     return qk_importance_direct(site, st, parts, max_elements)
 
 
-def _spans(st: AttentionState, valid: torch.Tensor | None, block: int) -> list[list[tuple]]:
+def _spans(allowed: torch.Tensor, valid: torch.Tensor | None, block: int) -> list[list[tuple]]:
     """Per document, the tiles ``(t0, t1, k0, k1)``: query rows ``t0:t1`` (blocks of
-    ``block`` valid rows) and the key range ``k0:k1`` any of them may attend to."""
-    lowest = torch.finfo(st.bias.dtype).min
-    bsz, seq = st.raw.shape[0], st.raw.shape[2]
-    allowed = (st.bias > lowest / 2).any(1).expand(bsz, seq, seq)  # [B, T, T], any head
+    ``block`` valid rows) and the key range ``k0:k1`` any of them may attend to
+    (``allowed``: the mask's attended cells, ``[B, 1|H, T, T]``)."""
+    bsz, seq = allowed.shape[0], allowed.shape[-1]
+    allowed = allowed.any(1)  # [B, T, T], any head
     idx = torch.arange(seq, device=allowed.device)
     last = torch.where(allowed, idx, -1).amax(-1)
     first = torch.where(allowed, idx, seq).amin(-1)
@@ -331,8 +331,8 @@ def qk_importance_tiled(
     ``(S - m - delta_d) f + m (f - 1)``), exponentiated without a max pass (the row
     maximum is 0 before the change), normalised and compared with the stock
     probabilities. Masked cells are set to :data:`MASKED` instead of -inf, which
-    leaves ``exp(-60) / Z`` instead of 0 there: below float32 resolution. Assumes the mask is 0 / -inf and the q/k
-    norms are per head (:func:`qk_importance` checks).
+    leaves ``exp(-60) / Z`` instead of 0 there: below float32 resolution. Assumes the
+    mask is 0 / -inf and the q/k norms are per head (:func:`qk_importance` checks).
     """
     parts = [p for p in ("q", "k") if p in set(parts)]
     bsz, heads, seq, dim = st.q.shape
@@ -375,8 +375,9 @@ def qk_importance_tiled(
     # (-inf and arguments under ~-87 take a scalar path that is ~10x slower on CPU)
     shifted = (st.raw - row_max).masked_fill(~allowed, MASKED)
     out = {part: st.q.new_zeros(bsz, heads, dim, seq) for part in parts}
-    work = st.q.new_empty(max_elements + heads * seq * seq)
-    for b, spans in enumerate(_spans(st, valid, block)):
+    # a tile holds at most max_elements, or all heads x one dim x one block's cells
+    work = st.q.new_empty(max(max_elements, heads * min(block, seq) * seq))
+    for b, spans in enumerate(_spans(allowed.expand(bsz, -1, -1, -1), valid, block)):
         for t0, t1, k0, k1 in spans:
             rows, keys = slice(t0, t1), slice(k0, k1)
             n_rows, n_keys = t1 - t0, k1 - k0
