@@ -43,6 +43,7 @@ include: "rules/regions.smk"
 include: "rules/ablation.smk"
 include: "rules/steering.smk"
 include: "rules/tasks.smk"
+include: "rules/finetune.smk"
 include: "rules/report.smk"
 
 

@@ -52,7 +52,8 @@ def main() -> None:
         model.train()
         for step in range(args.steps):  # the timed batch every step: comparable times
             t0 = time.perf_counter()
-            trainer.step(trainer.loss(first))
+            trainer.backward(trainer.loss(first))
+            trainer.step()
             times.append(time.perf_counter() - t0)
             rss.append(rss_mb())
             print(f"step {step + 1}: {times[-1]:.2f} s, rss {rss[-1]:.0f} MB")

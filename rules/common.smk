@@ -608,6 +608,135 @@ def stage_files(wildcards):
     ]
 
 
+# -------------------------------------------------------------------- fine-tuning
+
+
+def finetune_config(model):
+    return method_settings(model, "finetune")
+
+
+def finetune_variants(model, experiment, lang):
+    """The experiment's variants for one trained language (the monolingual region only for
+    region languages)."""
+    variants = finetune_config(model)[f"{experiment}_variants"]
+    if experiment == "forget" and lang not in REGION_LANGS:
+        variants = [v for v in variants if v != "monolingual"]
+    return variants
+
+
+def finetune_files(model):
+    ft = finetune_config(model)
+    return [
+        paths.fill(
+            paths.FINETUNE, model=model, experiment=exp, lang=lang, variant=variant
+        )
+        for exp in ft["experiments"]
+        for lang in ft["languages"]
+        for variant in finetune_variants(model, exp, lang)
+    ]
+
+
+def finetune_eval_languages(model):
+    return finetune_config(model)["eval_languages"] or LANGS
+
+
+def finetune_inputs(wildcards):
+    """Model, the trained language's corpus, every evaluation language's corpus, the task
+    table, and the neuron set (enhance neurons / random) or the region (forget)."""
+    model, lang, exp, variant = (
+        wildcards.model,
+        wildcards.lang,
+        wildcards.experiment,
+        wildcards.variant,
+    )
+    s = finetune_config(model)
+    inputs = {
+        "model": model_input(wildcards),
+        "corpus": model_corpus(wildcards),
+        "corpora": [
+            corpus_file(corpus_of(model), e) for e in finetune_eval_languages(model)
+        ],
+        "base": paths.fill(paths.FINETUNE_BASE, model=model),
+    }
+    if s["task"] is not None:
+        inputs["task"] = task_file(s["task"], lang)
+    if exp == "enhance" and variant in ("neurons", "random"):
+        inputs["selection"] = selection_file(model, s["enhance_method"], lang)
+    if exp == "forget" and variant != "none":
+        if variant == "monolingual" and lang not in REGION_LANGS:
+            raise ValueError(
+                f"finetune forget {lang}_monolingual: {lang} is not a region language "
+                f"(regions.languages: {', '.join(REGION_LANGS)}), so it has no monolingual region"
+            )
+        name = f"monolingual_{lang}" if variant == "monolingual" else variant
+        inputs["region"] = paths.fill(paths.REGION, model=model, region=name)
+    return inputs
+
+
+FINETUNE_EVAL = "eval_docs eval_max_length eval_max_tokens eval_batch_size".split()
+
+
+def finetune_base_settings(wildcards):
+    """The base measurement's settings (`batch_size`, `max_length`: its model job's)."""
+    s = finetune_config(wildcards.model)
+    out = {k: s[k] for k in FINETUNE_EVAL}
+    return {
+        **out,
+        "batch_size": s["eval_batch_size"],
+        "max_length": s["eval_max_length"],
+    }
+
+
+def finetune_base_inputs(wildcards):
+    """Model, every evaluation language's corpus, the task of every trained language."""
+    model = wildcards.model
+    s = finetune_config(model)
+    return {
+        "model": model_input(wildcards),
+        "corpora": [
+            corpus_file(corpus_of(model), e) for e in finetune_eval_languages(model)
+        ],
+        "tasks": (
+            [task_file(s["task"], lang) for lang in s["languages"]]
+            if s["task"] is not None
+            else []
+        ),
+    }
+
+
+def finetune_settings(wildcards):
+    """The job's training and evaluation settings (its rerun keys)."""
+    s = finetune_config(wildcards.model)
+    keys = "n_docs max_length batch_size grad_accum weight_decay trainable seed"
+    keys += " checkpoint_every engine zero_stage keep_weights count_changed"
+    out = {k: s[k] for k in keys.split() + FINETUNE_EVAL}
+    if wildcards.experiment == "enhance":
+        out["epochs"], out["lr"] = s["enhance_epochs"], s["enhance_lr"]
+        if wildcards.variant in ("neurons", "random"):
+            out["method"] = s["enhance_method"]
+        if wildcards.variant == "lora":
+            out["lr"] = s["lora_lr"]
+            out.update(
+                {k: s[k] for k in ("lora_r", "lora_alpha", "lora_target_modules")}
+            )
+            out["parts"] = lora_parts(wildcards.model)
+    else:
+        out["steps"], out["lr"] = s["forget_steps"], s["forget_lr"]
+    return out
+
+
+def lora_parts(model):
+    """The parts whose projections get adapters by default: those PLND scores."""
+    if finetune_config(model)["enhance_method"] == "plnd":
+        return method_settings(model, "plnd")["parts"]
+    return ["ffn"]
+
+
+def finetune_task_spec(wildcards):
+    task = finetune_config(wildcards.model)["task"]
+    return task_spec(task) if task is not None else None
+
+
 def findings_inputs(wildcards):
     """Named inputs of the findings table of one model."""
     model = wildcards.model
@@ -632,6 +761,8 @@ def findings_inputs(wildcards):
         inputs[f"pim_{i}"] = path
     for i, path in enumerate(stage_files(wildcards)):
         inputs[f"stage_{i}"] = path
+    if finetune_files(model):
+        inputs["finetune"] = paths.fill(paths.FINETUNE_ALL, model=model)
     return inputs
 
 
@@ -656,4 +787,9 @@ def all_targets():
         figures += [
             paths.fill(paths.FIGURE, figure="steering", model=model) for model in MODELS
         ]
+    figures += [
+        paths.fill(paths.FIGURE, figure="finetune", model=model)
+        for model in MODELS
+        if finetune_files(model)
+    ]
     return figures + tables

@@ -1,4 +1,5 @@
-"""Linguistic regions (Zhang et al.): per-language parameter scores, regions, region freezing."""
+"""Linguistic regions (Zhang et al.): per-language parameter scores and the regions (region
+freezing is a fine-tuning experiment: rules/finetune.smk)."""
 
 
 rule region_scores:
@@ -58,33 +59,3 @@ rule select_regions:
         seed=lambda wc: region_settings(wc.model)["seed"],
     script:
         "../workflow_scripts/steps/select_regions.py"
-
-
-rule freeze_train:
-    input:
-        model=model_input,
-        corpus=model_corpus,
-        region=paths.REGION,
-    output:
-        directory(paths.FREEZE_TRAINED),
-    log:
-        logs("freeze_train", "model", "{lang}_freeze_{region}"),
-    benchmark:
-        benchmarks("freeze_train", "model", "{lang}_freeze_{region}")
-    wildcard_constraints:
-        region="|".join(REGIONS),
-    conda:
-        ENV
-    threads: model_threads
-    resources:
-        **model_job_resources(mem_factor=2),
-    params:
-        **model_params(),
-        settings=lambda wc: {
-            **score_settings(wc.model),
-            "steps": region_settings(wc.model)["freeze_steps"],
-        },
-        checkpoint_every=lambda wc: region_settings(wc.model)["checkpoint_every"],
-        checkpoint_dir=checkpoints_dir("freeze_train", "model", "{lang}_{region}"),
-    script:
-        "../workflow_scripts/steps/freeze_train.py"

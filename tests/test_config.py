@@ -205,3 +205,27 @@ def test_paper_config_merges_and_validates(config):
     assert cfg["pim"]["tasks"] == ["flores", "xnli"] and cfg["pim"]["k"] == 3
     assert cfg["layer_stages"]["tasks"] == ["xquad", "mgsm"]
     assert cfg["ablation"]["n_docs"] == 200  # the other sections' budgets too
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["finetune"].update(languages=["fr", "pt"]), "'pt' is not one of languages"),
+        (lambda c: c["finetune"].update(task="translation"), "is a translation task"),
+        (lambda c: c["finetune"].update(task="nope"), "unknown task 'nope'"),
+        (
+            lambda c: c["models"]["gemma"].update(finetune={"languages": ["fr"]}),
+            "finetune.languages is global",
+        ),
+        (
+            lambda c: c["models"]["gemma"].update(finetune={"enhance_lr": -1}),
+            r"models\.gemma\.finetune",
+        ),
+    ],
+)
+def test_finetune_config_is_checked(config, mutate, expected):
+    from workflow_scripts.config import validate_config
+
+    cfg = _mutated(config, mutate)
+    with pytest.raises(ValueError, match=expected):
+        validate_config(cfg)

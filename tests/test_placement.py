@@ -35,10 +35,10 @@ from workflow_scripts.neurons.lape import lape_select
 from workflow_scripts.neurons.logit_lens import logit_lens
 from workflow_scripts.neurons.plnd import PARTS
 from workflow_scripts.neurons.selection import plnd_stats
-from workflow_scripts.regions.freeze import freeze_train
 from workflow_scripts.regions.perturbation import perturbed
 from workflow_scripts.regions.scores import delta_scores, grad_x_param_scores
-from workflow_scripts.training.loop import training_documents
+from workflow_scripts.training.loop import continued_pretraining, training_documents
+from workflow_scripts.training.restrictions import FrozenRegion
 
 PACKAGE = REPO / "workflow_scripts"
 PLND = {"variant": "paper", "parts": list(PARTS), "batch_size": 3, "max_length": 32}
@@ -195,7 +195,7 @@ def test_no_implicit_devices_and_no_per_token_copies(tiny_tokenizer, sentences):
             pass
         grad_x_param_scores(copy.deepcopy(model), docs, {"batch_size": 3}, 0)
         delta_scores(copy.deepcopy(model), docs, TRAIN, 0)
-        freeze_train(copy.deepcopy(model), docs, region, TRAIN, 0)
+        continued_pretraining(copy.deepcopy(model), docs, TRAIN, 0, None, FrozenRegion(region))
     assert guard.implicit == [], guard.implicit
     copies = generation_host_copies(model, tiny_tokenizer, texts[:4])
     assert copies[0] == copies[1], f"host copies grow with generated tokens: {copies}"

@@ -15,7 +15,6 @@ from safetensors.numpy import save_file
 from workflow_scripts.evaluation.ablation import MATRIX_SCHEMA
 from workflow_scripts.models.anatomy import param_kind, region_parameters
 from workflow_scripts.models.padding import pad_id
-from workflow_scripts.regions.freeze import freeze_train
 from workflow_scripts.regions.perturbation import perturbation_table, perturbed
 from workflow_scripts.regions.scores import (
     delta_scores,
@@ -33,12 +32,14 @@ from workflow_scripts.training.checkpoints import TrainingCheckpoint
 from workflow_scripts.training.loop import (
     DeepSpeedTrainer,
     collate,
+    continued_pretraining,
     deepspeed_config,
     make_trainer,
     train_steps,
     training_batches,
     training_documents,
 )
+from workflow_scripts.training.restrictions import FrozenRegion
 
 SETTINGS = {"steps": 4, "batch_size": 3, "lr": 0.01, "weight_decay": 0.01, "seed": 0}
 
@@ -329,7 +330,8 @@ def test_noise_is_seeded(tiny_tokenizer, tmp_path):
 def test_freeze_train_keeps_frozen_elements_exact(tiny_tokenizer, tmp_path, docs):
     model, _, region = model_region(tiny_tokenizer, tmp_path, k=0.3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    info = freeze_train(model, docs, region, {**SETTINGS, "steps": 3}, pad_id(tiny_tokenizer))
+    settings, restriction = {**SETTINGS, "steps": 3}, FrozenRegion(region)
+    info = continued_pretraining(model, docs, settings, pad_id(tiny_tokenizer), None, restriction)
     assert info["frozen_elements"] == sum(i.numel() for i in region.values())
     moved = free = 0
     for name, p in model.named_parameters():

@@ -29,12 +29,15 @@ TARGETS += [
     "results/tables/cases_tq.html",
     "results/figures/pim_tq.png",
     "results/figures/layer_stages_tq.png",
+    "results/figures/finetune_tq.png",
 ]
 # what follows a changed French PLND selection: its layer-stage cells (not the unablated one)
 STAGES = {"ablate_task_stage": 4, "collect_layer_stages": 1, "plot_layer_stages": 1}
 # what follows a changed selection: its steering jobs (en->fr, en->zh), every cases job
 STEERING = {"collect_steering": 1, "plot_steering": 1}
 CASES = {"generation_cases": 3, "collect_cases": 1}
+# what follows a changed French PLND selection: its enhancement jobs (neurons, random)
+FINETUNE = {"finetune": 2, "collect_finetune": 1, "plot_finetune": 1}
 METHODS = ("plnd", "lape", "actcount")
 
 
@@ -158,6 +161,8 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
     # selections; the cases gain ja (and the pooled means its statistics)
     steering = {"steer": 6, **STEERING, "unit_stats": 1}
     cases = {"generation_cases": 4, "collect_cases": 1}
+    # every fine-tuning job (fr: 4 enhance, 4 forget) evaluates every language
+    finetune = {"finetune": 8, "collect_finetune": 1, "plot_finetune": 1}
     # fr's layer-stage cells ablate its PLND selection, which the new language changes
     # (stage-none, the unablated baseline, and the PiM evaluations stay)
     assert job_stats(out2) == {
@@ -169,6 +174,7 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
         **steering,
         **cases,
         **STAGES,
+        **finetune,
     }
     assert "pretrain_tiny" not in out2
     prepared = re.findall(r"output: (results/corpus/\S+)", out2)
@@ -199,6 +205,7 @@ def test_rerun_one_language_reruns_it_and_the_aggregates(workflow_run):
         **STEERING,
         **CASES,
         **STAGES,
+        **FINETUNE,
     }
     assert f"output: {target}" in out2
 
@@ -284,8 +291,8 @@ def test_regions_and_findings(workflow_run):
     assert set(perturbation.eval_lang) == {"en", "fr", "zh"}
     findings = pq.read_table(res / "tables" / "findings_tq.parquet").to_pandas()
     # 13 perplexity and selection claims, H-J per neuron method from the steering pairs,
-    # K, L (PiM on translation) and M, N, O (layer stages)
-    assert len(findings) == 27 and findings["value"].notna().sum() >= 24
+    # K, L (PiM on translation), M, N, O (layer stages) and P-T (fine-tuning)
+    assert len(findings) == 32 and findings["value"].notna().sum() >= 29
     intervals = findings[findings["claim_id"].isin(list("HIJKLMNO"))]
     assert intervals["detail"].str.contains("95% CI").all()
     assert (intervals["ci_low"] <= intervals["ci_high"]).all()
@@ -293,14 +300,32 @@ def test_regions_and_findings(workflow_run):
     assert (res / "tables" / "findings_tq.csv").read_text().startswith("model,claim_id")
 
 
-def test_region_freeze_rule_and_single_region_rerun(workflow_run):
+def test_finetune_tables_and_a_region_change_reruns_only_the_frozen(workflow_run):
     workdir, proc, out = workflow_run
     assert proc.returncode == 0, out[-3000:]
-    target = "results/finetuned/tq/fr_freeze_core"
-    proc2, out2 = run_snakemake(workdir, e2e_config(), target)
-    assert proc2.returncode == 0, out2[-3000:]
-    info = json.loads((workdir / target / "training.json").read_text())
-    assert info["frozen_elements"] > 0 and len(info["losses"]) == 20
+    res = workdir / "results" / "finetune" / "tq"
+    jobs = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.parquet"))
+    assert jobs == [
+        "enhance/fr_full.parquet",
+        "enhance/fr_lora.parquet",
+        "enhance/fr_neurons.parquet",
+        "enhance/fr_random.parquet",
+        "forget/fr_core.parquet",
+        "forget/fr_monolingual.parquet",
+        "forget/fr_none.parquet",
+        "forget/fr_random.parquet",
+    ]
+    table = pq.read_table(res / "forget" / "fr_core.parquet").to_pandas()
+    assert set(table.eval_lang) == {"en", "fr", "zh"} and set(table.phase) == {"before", "after"}
+    assert set(table.measure) == {"ppl", "acc_norm"}  # the continuation task in fr
+    info = json.loads(pq.read_schema(res / "forget" / "fr_core.parquet").metadata[b"info"])
+    assert info["frozen_elements"] > 0 and len(info["losses"]) == 3 and info["n_changed"] > 0
+    neurons = json.loads(pq.read_schema(res / "enhance" / "fr_neurons.parquet").metadata[b"info"])
+    full = json.loads(pq.read_schema(res / "enhance" / "fr_full.parquet").metadata[b"info"])
+    assert 0 < neurons["n_changed"] < full["n_changed"]
+    assert not (workdir / "results" / "finetuned").exists()  # keep_weights is off
+    summary = (workdir / "results" / "tables" / "finetune_tq.csv").read_text()
+    assert summary.startswith("experiment,lang,variant,eval_lang,measure")
     # changing k re-runs the selection and what depends on it, not the scores
     cfg = e2e_config()
     cfg["regions"]["k"] = 0.03
@@ -313,6 +338,9 @@ def test_region_freeze_rule_and_single_region_rerun(workflow_run):
         "plot_regions": 1,
         "findings": 1,
         **CASES,
+        "finetune": 3,  # forget: core, random and monolingual frozen
+        "collect_finetune": 1,
+        "plot_finetune": 1,
     }
 
 
@@ -328,6 +356,7 @@ def test_report_builds_offline(workflow_run):
         assert any(n.endswith("ablation_tq.png") for n in names)
         assert any(n.endswith("steering_tq.png") for n in names)
         assert any(n.endswith("pim_tq.png") for n in names)
+        assert any(n.endswith("finetune_tq.png") for n in names)
         assert any(n.endswith("layer_stages_tq.png") for n in names)
         assert any(n.endswith("cases_tq.html") for n in names)
         assert any(n.endswith("findings_tq.csv") for n in names)

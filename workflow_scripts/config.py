@@ -23,6 +23,7 @@ BUNDLED_CORPUS = REPO / "resources" / "corpus" / "bundled.parquet"
 MODEL_KINDS = ("path", "gguf", "tiny")
 # sections a model entry may override (merged over the global section, then validated)
 MODEL_OVERRIDES = ("placement", "plnd", "lape", "experts", "logit_lens", "ablation", "regions")
+MODEL_OVERRIDES += ("finetune",)
 MODEL_OVERRIDES += ("unit_stats", "steering", "cases", "task_eval")
 
 
@@ -113,6 +114,10 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"model {model!r}: regions.languages is global (set it under regions:)"
             )
+        if "languages" in spec.get("finetune", {}):
+            raise ValueError(
+                f"model {model!r}: finetune.languages is global (set it under finetune:)"
+            )
         if "pairs" in spec.get("steering", {}):
             raise ValueError(f"model {model!r}: steering.pairs is global (set it under steering:)")
         for method in MODEL_OVERRIDES:  # per-model overrides obey the schema
@@ -130,6 +135,12 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
         check_language(lang)
     for lang in config["regions"]["languages"]:
         check_language(lang)
+    for lang in config["finetune"]["languages"] + config["finetune"]["eval_languages"]:
+        check_language(lang)
+        if lang not in config["languages"]:
+            raise ValueError(
+                f"finetune: language {lang!r} is not one of languages: {config['languages']}"
+            )
     check_interventions(config)
     check_tasks(config)
     for spec in datasets.values():
@@ -244,6 +255,12 @@ def check_tasks(config: Mapping[str, Any]) -> None:
         raise ValueError("layer_stages.languages: en is the comparison language; leave it out")
     if stages["languages"] and "en" not in langs:
         raise ValueError("layer_stages needs en among languages (the comparison language)")
+    task = config["finetune"]["task"]
+    if task is not None and task_type(task_spec(config, task)) == "translation":
+        raise ValueError(
+            f"finetune.task: {task!r} is a translation task; the fine-tuning experiments score "
+            "a task in the trained language alone (e.g. continuation)"
+        )
 
 
 def pim_helpers(config: Mapping[str, Any], source: str, target: str | None) -> list[str]:

@@ -28,7 +28,13 @@ NEURONS = f"{RESULTS}/neurons/{{model}}/{{method}}/{{lang}}.parquet"
 LOGIT_LENS = f"{RESULTS}/logit_lens/{{model}}/{{lang}}.parquet"
 REGION_SCORES = f"{RESULTS}/regions/{{model}}/{{score}}/{{lang}}.safetensors"
 REGION = f"{RESULTS}/regions/{{model}}/{{region}}.parquet"
-FREEZE_TRAINED = f"{RESULTS}/finetuned/{{model}}/{{lang}}_freeze_{{region}}"
+# the fine-tuning experiments (enhance, forget): metrics before/after per job, collected
+FINETUNE = f"{RESULTS}/finetune/{{model}}/{{experiment}}/{{lang}}_{{variant}}.parquet"
+FINETUNE_ALL = f"{RESULTS}/finetune/{{model}}.parquet"
+# the unmodified model's measurement every fine-tuning job of the model compares with
+FINETUNE_BASE = f"{RESULTS}/finetune/{{model}}/base.parquet"
+# fine-tuned weights, written only with finetune.keep_weights (not a rule output: large)
+FINETUNED = f"{RESULTS}/finetuned/{{model}}/{{experiment}}/{{lang}}_{{variant}}"
 NEURON_ABLATION = f"{RESULTS}/ablation/{{model}}/{{method}}/{{lang}}.parquet"
 REGION_ABLATION = f"{RESULTS}/ablation/{{model}}/region/{{region}}.parquet"
 ABLATION = f"{RESULTS}/ablation/{{model}}/{{method}}.parquet"

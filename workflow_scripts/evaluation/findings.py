@@ -39,6 +39,7 @@ from workflow_scripts.io import read_metadata, read_parquet, write_frame
 from workflow_scripts.neurons.summary import default_stages, selection_counts
 from workflow_scripts.regions.scores import IMPORTANT_END
 from workflow_scripts.tasks.claims import pim_claims, stage_claims
+from workflow_scripts.training.claims import finetune_claims
 
 PathLike = str | Path
 COLUMNS = ["model", "claim_id", "claim", "source", "method", "measure"]
@@ -520,6 +521,7 @@ def findings_table(
     interventions: Mapping[str, Mapping[str, PathLike | None]] | None = None,
     tasks: Mapping[str, Sequence[PathLike]] | None = None,
     stage_method: str = "plnd",
+    finetune: PathLike | None = None,
 ) -> pd.DataFrame:
     """One row per claim (and method) with measured value, reference and whether it holds.
 
@@ -531,7 +533,8 @@ def findings_table(
     with ``interventions[name][method]`` (ablation tables under ``mean`` / ``scale``)
     A and B again per method, labelled ``"plnd (mean)"``; with ``tasks`` (``"pim"`` and
     ``"stages"``: per-item task evaluation files) K, L per PiM task and M, N, O
-    (:mod:`workflow_scripts.tasks.claims`).
+    (:mod:`workflow_scripts.tasks.claims`); with ``finetune`` (the collected fine-tuning
+    table) P-T (:mod:`workflow_scripts.training.claims`).
     """
     rows = [r for m in ("plnd", "lape", "actcount") for r in _neuron_claims(m, ablation.get(m))]
     for name, tables in (interventions or {}).items():
@@ -544,6 +547,8 @@ def findings_table(
         rows += pim_claims(tasks.get("pim", [])) + stage_claims(
             tasks.get("stages", []), stage_method
         )
+    if finetune is not None:
+        rows += finetune_claims(read_parquet(finetune).to_pandas())
     table = pd.DataFrame(rows).assign(model=model).reindex(columns=COLUMNS + INTERVAL_COLUMNS)
     table["interval"] = table["interval"].fillna("")
     table = table.sort_values("claim_id", kind="stable", ignore_index=True)

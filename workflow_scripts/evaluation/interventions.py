@@ -449,6 +449,14 @@ def validate_units(model: nn.Module, units: Iterable[Unit]) -> None:
     _plan(model, _group_units(units))
 
 
+def unit_slices(model: nn.Module, units: Iterable[Unit]) -> list[tuple[torch.Tensor, tuple]]:
+    """``(parameter, index)`` pairs holding the units' weights: an MLP neuron's rows of
+    gate/up (and bias) and column of down, a q/k/v channel's row of its projection (or of
+    the fused qkv), an O channel's column of o, an expert neuron's slices of the experts'
+    weights (validated; routed experts themselves have no weight slice)."""
+    return [s for _, _, _, slices, _ in _plan(model, _group_units(units)) for s in slices]
+
+
 # ------------------------------------------------------------------ the residual stream
 
 

@@ -32,6 +32,7 @@ def main() -> None:
             "stages": [v for k, v in inputs.items() if k.startswith("stage_")],
         },
         stage_method=sm.params.stage_method,
+        finetune=inputs.get("finetune"),
     )
     write_findings(table, sm.output.csv, sm.output.parquet)
 

@@ -59,6 +59,22 @@ def _prompts(kind, spec, tables, source, target, condition, s, tokenizer):
     )
 
 
+def monolingual_prompts(
+    tokenizer,
+    spec: Mapping[str, Any],
+    kind: str,
+    files: Mapping[str, PathLike],
+    lang: str,
+    settings: Mapping[str, Any],
+) -> tuple[list, bool, str]:
+    """``(prompts, chat template used, metric)`` of the task in ``lang`` alone (no PiM
+    helpers): what the fine-tuning experiments score before and after training."""
+    tables = load_tables(files)
+    s = {**settings, "pim_k": 0}
+    prompts, chat = _prompts(kind, spec, tables, lang, None, "monolingual", s, tokenizer)
+    return prompts, chat, main_metric(kind, spec)
+
+
 def pim_table(
     model: nn.Module,
     tokenizer,
