@@ -2,11 +2,34 @@
 measure perplexity in every language."""
 
 
+rule ablation_base:
+    input:
+        model=model_input,
+        corpus=model_corpus,
+    output:
+        paths.ABLATION_BASE,
+    log:
+        logs("ablation_base", "model", "lang"),
+    benchmark:
+        benchmarks("ablation_base", "model", "lang")
+    conda:
+        ENV
+    threads: model_threads
+    resources:
+        **model_job_resources(),
+    params:
+        **model_params(),
+        settings=lambda wc: base_ppl_settings(wc.model),
+    script:
+        "../workflow_scripts/steps/ablation_base.py"
+
+
 rule ablate_neurons:
     input:
         model=model_input,
         selection=paths.NEURONS,
         corpora=lambda wc: eval_corpora(wc.model).values(),
+        bases=lambda wc: ablation_base_files(wc.model),
     output:
         paths.NEURON_ABLATION,
     log:
@@ -34,6 +57,7 @@ use rule ablate_neurons as ablate_neurons_by with:
         model=model_input,
         selection=paths.NEURONS,
         corpora=lambda wc: eval_corpora(wc.model).values(),
+        bases=lambda wc: ablation_base_files(wc.model),
         mean_stats=lambda wc: (
             mean_reference_files(wc.model) if wc.intervention == "mean" else []
         ),
@@ -53,6 +77,7 @@ rule perturb_regions:
         model=model_input,
         region=paths.REGION,
         corpora=lambda wc: eval_corpora(wc.model).values(),
+        bases=lambda wc: ablation_base_files(wc.model),
     output:
         paths.REGION_ABLATION,
     log:

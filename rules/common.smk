@@ -159,6 +159,19 @@ def eval_corpora(model):
     return {lang: corpus_file(corpus_of(model), lang) for lang in LANGS}
 
 
+def base_ppl_settings(model):
+    """What the unablated perplexity depends on (not n_random, mode, interventions)."""
+    s = method_settings(model, "ablation")
+    return {
+        k: s[k] for k in ("n_docs", "max_length", "max_tokens", "batch_size", "split")
+    }
+
+
+def ablation_base_files(model):
+    """The unablated perplexity of every evaluation language (one job each)."""
+    return [paths.fill(paths.ABLATION_BASE, model=model, lang=lang) for lang in LANGS]
+
+
 def corpus_source_input(wildcards):
     spec = CORPORA.get(wildcards.corpus)
     if spec is None:
@@ -714,6 +727,8 @@ def finetune_settings(wildcards):
         out["epochs"], out["lr"] = s["enhance_epochs"], s["enhance_lr"]
         if wildcards.variant in ("neurons", "random"):
             out["method"] = s["enhance_method"]
+        if wildcards.variant == "full":
+            out["lr"] = s["full_lr"]
         if wildcards.variant == "lora":
             out["lr"] = s["lora_lr"]
             out.update(

@@ -24,6 +24,9 @@ from workflow_scripts.evaluation.ablation import (
     MATRIX_COLUMNS,
     ablation_matrix,
     all_units,
+    base_perplexities,
+    base_results,
+    base_table,
     deactivated,
     random_like,
     units_from_table,
@@ -300,6 +303,24 @@ def test_ablation_matrix(tiny_model, tiny_tokenizer, sentences, caplog):
     ]
     with deactivated(model, random_like(sel_fr, all_units(model, ["mlp", "o", "v"]), 6)):
         assert rnd["ppl"] == pytest.approx(perplexity(model, tiny_tokenizer, evals["en"], **kw).ppl)
+
+
+def test_the_base_jobs_perplexities_replace_the_computed_ones(
+    tiny_model, tiny_tokenizer, sentences
+):
+    """A base job's table, read back, gives the same matrix as computing the base in the job;
+    a language the base jobs lack is computed."""
+    model = tiny_model("qwen2").double()
+    evals = {"en": sentences["en"][:3], "ru": sentences["ru"][:3]}
+    kw = {"max_length": MAX_LEN, "batch_size": 2}
+    selections = {"en": [(0, "mlp", i) for i in range(8)]}
+    alone = ablation_matrix(model, tiny_tokenizer, selections, evals, n_random=1, **kw)
+    base = base_results(
+        base_table(base_perplexities(model, tiny_tokenizer, {"en": evals["en"]}, **kw))
+    )
+    assert set(base) == {"en"} and base["en"].n_tokens == sum(base["en"].doc_tokens)
+    given = ablation_matrix(model, tiny_tokenizer, selections, evals, n_random=1, base=base, **kw)
+    assert given.to_pylist() == alone.to_pylist()
 
 
 def test_ablation_matrix_rejects_bad_input_before_computing(

@@ -39,7 +39,7 @@ GPU_MODEL = {
     "resources": {"gpu": 1, "gpu_model": "a100", "slurm_partition": "gpu", "mem_mb": 40000},
 }
 CLUSTER_KEYS = ("gpu", "gpu_model", "slurm_partition")
-MODEL_RULES = ("plnd_stats", "lape_stats", "ablate_neurons")  # the big model's rules that load it
+MODEL_RULES = ("plnd_stats", "lape_stats", "ablate_neurons", "ablation_base")  # big model jobs
 
 
 def tiny_config() -> dict:

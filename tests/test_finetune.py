@@ -366,3 +366,52 @@ def test_all_parameters_is_the_plain_loop(tiny_tokenizer, docs):
     continued_pretraining(a, docs, SETTINGS, pad_id(tiny_tokenizer))
     continued_pretraining(b, docs, SETTINGS, pad_id(tiny_tokenizer), None, AllParameters())
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_finetune_table_compares_with_the_base_rows(tiny_tokenizer, docs, sentences):
+    """Before rows measured by the base job are the model's own before-measurement; rows of
+    other languages are refused."""
+    from workflow_scripts.training.experiments import measure
+
+    texts = {"fr": sentences["fr"][40:46], "zh": sentences["zh"][40:46]}
+    s = {**SETTINGS, "eval_max_length": 32, "eval_batch_size": 4, "eval_max_tokens": None}
+    model = make_model(tiny_tokenizer)
+    base = measure(model, tiny_tokenizer, texts, s, "before")
+    table, meta = finetune_table(
+        model, tiny_tokenizer, docs, NeuronMask(UNITS), texts, s, before=base
+    )
+    rows = table.to_pylist()
+    assert [r for r in rows if r["phase"] == "before"] == base
+    after = {r["eval_lang"]: r["value"] for r in rows if r["phase"] == "after"}
+    assert set(after) == {"fr", "zh"} and meta["n_changed"] > 0 and meta["steps"] == 3
+    with pytest.raises(ValueError, match="other languages or measures"):
+        finetune_table(
+            make_model(tiny_tokenizer),
+            tiny_tokenizer,
+            docs,
+            AllParameters(),
+            texts,
+            s,
+            before=base[:1],
+        )
+
+
+def test_one_loop_serves_every_fine_tune():
+    """Only training/loop.py steps an optimizer or calls backward for training (grad x
+    param's backward takes no step); the old freeze loop is gone."""
+    import re
+
+    package = REPO / "workflow_scripts"
+    offenders = []
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        code = "\n".join(line.split("#")[0] for line in text.splitlines())
+        hits = re.findall(r"\.backward\(|\.step\(\)|optim\.AdamW|optim\.SGD", code)
+        rel = path.relative_to(package).as_posix()
+        if hits and rel not in {"training/loop.py", "regions/scores.py"}:
+            offenders.append((rel, hits))
+    assert offenders == []
+    scores = (package / "regions" / "scores.py").read_text()
+    grad_x_param = scores.split("def grad_x_param_scores", 1)[1].split("\ndef ", 1)[0]
+    assert ".step(" not in grad_x_param and "optim." not in grad_x_param
+    assert not (package / "regions" / "freeze.py").exists()

@@ -155,14 +155,15 @@ def test_adding_a_language_reruns_only_that_language(workflow_run):
     aggregates = {"plot_activations": 2, "select_neurons": 6, "plot_neurons": 2}
     # the new language is a new target and a new evaluation language of every ablation job
     ablation = {"ablate_neurons": 12, "collect_ablation": 4, "plot_ablation": 1}
+    ablation["ablation_base"] = 1  # its unablated perplexity, once for every ablation
     # ... and of every region perturbation (fr, zh stay the region languages)
     regions = {"perturb_regions": 5, "plot_regions": 1, "findings": 1}
     # steering pairs stay en->fr, en->zh: only the neuron methods' jobs follow the
     # selections; the cases gain ja (and the pooled means its statistics)
     steering = {"steer": 6, **STEERING, "unit_stats": 1}
     cases = {"generation_cases": 4, "collect_cases": 1}
-    # every fine-tuning job (fr: 4 enhance, 4 forget) evaluates every language
-    finetune = {"finetune": 8, "collect_finetune": 1, "plot_finetune": 1}
+    # every fine-tuning job (fr: 4 enhance, 4 forget) and their base evaluate every language
+    finetune = {"finetune_base": 1, "finetune": 8, "collect_finetune": 1, "plot_finetune": 1}
     # fr's layer-stage cells ablate its PLND selection, which the new language changes
     # (stage-none, the unablated baseline, and the PiM evaluations stay)
     assert job_stats(out2) == {

@@ -135,7 +135,8 @@ def check_cross_fields(config: Mapping[str, Any]) -> None:
         check_language(lang)
     for lang in config["regions"]["languages"]:
         check_language(lang)
-    for lang in config["finetune"]["languages"] + config["finetune"]["eval_languages"]:
+    evaluated = [method_settings(config, m, "finetune")["eval_languages"] for m in config["models"]]
+    for lang in config["finetune"]["languages"] + [x for langs in evaluated for x in langs]:
         check_language(lang)
         if lang not in config["languages"]:
             raise ValueError(

@@ -36,6 +36,8 @@ FINETUNE_BASE = f"{RESULTS}/finetune/{{model}}/base.parquet"
 # fine-tuned weights, written only with finetune.keep_weights (not a rule output: large)
 FINETUNED = f"{RESULTS}/finetuned/{{model}}/{{experiment}}/{{lang}}_{{variant}}"
 NEURON_ABLATION = f"{RESULTS}/ablation/{{model}}/{{method}}/{{lang}}.parquet"
+# the unablated perplexity of one evaluation language, read by every ablation of the model
+ABLATION_BASE = f"{RESULTS}/ablation/{{model}}/base/{{lang}}.parquet"
 REGION_ABLATION = f"{RESULTS}/ablation/{{model}}/region/{{region}}.parquet"
 ABLATION = f"{RESULTS}/ablation/{{model}}/{{method}}.parquet"
 FIGURE = f"{RESULTS}/figures/{{figure}}_{{model}}.png"

@@ -11,6 +11,7 @@ same (layer, module) strata, in every evaluation language, under one interventio
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -86,6 +87,46 @@ class MatrixRows:
 
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(self.rows, schema=MATRIX_SCHEMA)
+
+
+def base_results(table: pa.Table) -> dict[str, PerplexityResult]:
+    """``eval_lang -> PerplexityResult`` of the ``base`` rows of a perplexity-matrix table
+    (a base job's output), per document as measured."""
+    out = {}
+    for row in table.to_pylist():
+        if row["setting"] == "base":
+            nll, tokens = tuple(row["doc_nll"] or ()), tuple(row["doc_tokens"] or ())
+            out[row["eval_lang"]] = PerplexityResult(
+                row["ppl"], math.fsum(nll), sum(tokens), nll, tokens
+            )
+    return out
+
+
+def base_perplexities(
+    model: nn.Module,
+    tokenizer,
+    eval_texts: Mapping[str, Sequence[str]],
+    base: Mapping[str, PerplexityResult] | None = None,
+    **ppl_kwargs,
+) -> dict[str, PerplexityResult]:
+    """The unablated perplexity of every evaluation language: from ``base`` (the base
+    jobs' results, computed once per model and language) where given, else computed."""
+    out = {}
+    for lang, texts in eval_texts.items():
+        if base is not None and lang in base:
+            out[lang] = base[lang]
+        else:
+            out[lang] = perplexity(model, tokenizer, texts, **ppl_kwargs)
+        log.info("ablation: base PPL %s = %.4g", lang, out[lang].ppl)
+    return out
+
+
+def base_table(base: Mapping[str, PerplexityResult]) -> pa.Table:
+    """The ``base`` rows of a perplexity matrix (what a base job writes)."""
+    rows = MatrixRows()
+    for lang, result in base.items():
+        rows.add("base", None, lang, 0, result, result)
+    return rows.table()
 
 
 # ---------------------------------------------------------------------- unit sets
@@ -165,6 +206,7 @@ def ablation_matrix(
     mode: str = "hooks",
     intervention: Intervention | None = None,
     values: Mapping[Unit, float] | None = None,
+    base: Mapping[str, PerplexityResult] | None = None,
     **ppl_kwargs,
 ) -> pa.Table:
     """Perplexity of every (target language's ablation, evaluation language) pair.
@@ -173,7 +215,7 @@ def ablation_matrix(
     (target_lang null, n_units 0); per target language and evaluation language one
     ``selected`` row and ``n_random`` ``random`` rows (seeds ``seed, seed+1, ...``,
     :func:`random_like`); ``seed`` is -1 for non-random rows. The base perplexity is
-    computed once per evaluation language. An empty selection gives rows with n_units 0
+    taken from ``base`` (the base jobs') or computed once per evaluation language. An empty selection gives rows with n_units 0
     and ppl = base_ppl (and a warning). ``intervention`` (default ``zero``) is applied to
     the selected and the random units alike, with ``values`` for ``mean``
     (:func:`~workflow_scripts.evaluation.interventions.intervened`). ``ppl_kwargs`` go to
@@ -191,11 +233,9 @@ def ablation_matrix(
     for units in selections.values():  # validate every unit before computing anything
         validate_units(model, units)
     rows = MatrixRows()
-    base = {}
-    for lang, texts in eval_texts.items():
-        base[lang] = perplexity(model, tokenizer, texts, **ppl_kwargs)
-        rows.add("base", None, lang, 0, base[lang], base[lang])
-        log.info("ablation: base PPL %s = %.4g", lang, base[lang].ppl)
+    base = base_perplexities(model, tokenizer, eval_texts, base, **ppl_kwargs)
+    for lang, result in base.items():
+        rows.add("base", None, lang, 0, result, result)
     used = sorted({m for units in selections.values() for _, m, _ in units})
     candidates = all_units(model, used) if used and n_random > 0 else []
     for target, units in selections.items():

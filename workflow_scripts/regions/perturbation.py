@@ -15,8 +15,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from workflow_scripts.evaluation.ablation import MatrixRows
-from workflow_scripts.evaluation.perplexity import perplexity
+from workflow_scripts.evaluation.ablation import MatrixRows, base_perplexities
+from workflow_scripts.evaluation.perplexity import PerplexityResult, perplexity
 from workflow_scripts.models.placement import check_editable
 from workflow_scripts.regions.selection import KINDS, region_indices, region_params
 
@@ -76,9 +76,11 @@ def perturbation_table(
     scale: float = 1.0,
     kinds: Sequence[str] = KINDS,
     seed: int = 0,
+    base: Mapping[str, PerplexityResult] | None = None,
     **ppl_kwargs,
 ) -> pa.Table:
-    """Perplexity in every evaluation language with ``region`` perturbed, and without.
+    """Perplexity in every evaluation language with ``region`` perturbed, and without
+    (from ``base``, the base jobs' results, where given).
 
     Rows follow ``ablation.MATRIX_SCHEMA``: one ``base`` row per language, then one
     row with ``setting`` = the region name (``monolingual_L`` gives setting
@@ -87,10 +89,10 @@ def perturbation_table(
     indices = region_indices(table, kinds)
     n_units = int(sum(i.numel() for i in indices.values()))
     setting, _, target = region.partition("_")
-    rows, base = MatrixRows(), {}
-    for lang, texts in eval_texts.items():
-        base[lang] = perplexity(model, tokenizer, texts, **ppl_kwargs)
-        rows.add("base", None, lang, 0, base[lang], base[lang])
+    rows = MatrixRows()
+    base = base_perplexities(model, tokenizer, eval_texts, base, **ppl_kwargs)
+    for lang, result in base.items():
+        rows.add("base", None, lang, 0, result, result)
     with perturbed(model, indices, how, scale, seed):
         for lang, texts in eval_texts.items():
             result = perplexity(model, tokenizer, texts, **ppl_kwargs)

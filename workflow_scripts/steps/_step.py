@@ -108,11 +108,25 @@ def training_job(snakemake, code, optimizer: bool = True, **identity):
 
 
 def evaluation_job(snakemake):
-    """``(eval_texts, skipped_langs, model, tokenizer, settings)`` of an ablation or
-    perturbation job."""
-    from workflow_scripts.evaluation.perplexity import evaluation_texts
+    """``(eval_texts, skipped_langs, model, tokenizer, settings, base)`` of an ablation or
+    perturbation job; ``base``: the base jobs' unablated perplexities (``input.bases``),
+    checked to be measured with this job's perplexity settings."""
+    from workflow_scripts.evaluation.ablation import base_results
+    from workflow_scripts.evaluation.perplexity import evaluation_texts, perplexity_settings
+    from workflow_scripts.io import read_metadata, read_parquet
 
     model, tokenizer, settings = model_of(snakemake, "ablation")
     corpora = dict(zip(snakemake.params.languages, snakemake.input.corpora, strict=True))
     eval_texts, skipped = evaluation_texts(corpora, settings["split"], settings["n_docs"])
-    return eval_texts, skipped, model, tokenizer, settings
+    base = {}
+    wanted = {
+        **perplexity_settings(settings),
+        "split": settings["split"],
+        "n_docs": settings["n_docs"],
+    }
+    for path in snakemake.input.get("bases", []):
+        given = read_metadata(path)
+        if any(given.get(k) != v for k, v in wanted.items() if k != "batch_size"):
+            raise ValueError(f"{path}: measured with other perplexity settings than {wanted}")
+        base.update(base_results(read_parquet(path)))
+    return eval_texts, skipped, model, tokenizer, settings, base

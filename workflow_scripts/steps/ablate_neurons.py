@@ -15,7 +15,7 @@ def main() -> None:
     if intervention.needs_values:  # mean: pooled over the reference languages' statistics
         stats = list(sm.input.mean_stats)
         values = unit_values(dict(enumerate(stats)), "mean")
-    eval_texts, skipped, model, tokenizer, s = evaluation_job(sm)
+    eval_texts, skipped, model, tokenizer, s, base = evaluation_job(sm)
     table = ablation_matrix(
         model,
         tokenizer,
@@ -26,6 +26,7 @@ def main() -> None:
         mode=s["mode"],
         intervention=intervention,
         values=values,
+        base=base,
         **perplexity_settings(s),
     )
     meta = {

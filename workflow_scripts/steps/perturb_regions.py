@@ -8,7 +8,7 @@ sm = snakemake
 
 def main() -> None:
     r = sm.params.regions
-    eval_texts, skipped, model, tokenizer, s = evaluation_job(sm)
+    eval_texts, skipped, model, tokenizer, s, base = evaluation_job(sm)
     table = perturbation_table(
         model,
         tokenizer,
@@ -19,6 +19,7 @@ def main() -> None:
         scale=r["perturb_scale"],
         kinds=r["perturb_kinds"],
         seed=s["seed"],
+        base=base,
         **perplexity_settings(s),
     )
     write_parquet(
