@@ -307,6 +307,7 @@ def test_finetune_tables_and_a_region_change_reruns_only_the_frozen(workflow_run
     res = workdir / "results" / "finetune" / "tq"
     jobs = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.parquet"))
     assert jobs == [
+        "base.parquet",
         "enhance/fr_full.parquet",
         "enhance/fr_lora.parquet",
         "enhance/fr_neurons.parquet",
