@@ -20,14 +20,19 @@ TITLES = {
     "enhance": "Neuron enhancement (Zhao et al.)",
     "forget": "Continued training, a region frozen (Zhang et al.)",
 }
-VARIANT_LABELS = {
-    "neurons": "its neurons",
-    "random": "random set",
-    "full": "all params",
-    "lora": "LoRA",
-    "none": "nothing frozen",
-    "core": "core frozen",
-    "monolingual": "monolingual frozen",
+LABELS = {  # experiment -> variant -> label, in the experiment's order
+    "enhance": {
+        "neurons": "its neurons",
+        "random": "random neurons",
+        "full": "all parameters",
+        "lora": "LoRA",
+    },
+    "forget": {
+        "none": "nothing frozen",
+        "core": "core frozen",
+        "random": "random region frozen",
+        "monolingual": "monolingual frozen",
+    },
 }
 SERIES = [("trained", "trained language", "tab:blue"), ("en", "English", "tab:green")]
 SERIES += [(OTHERS, "all other languages (mean, English included)", "tab:red")]
@@ -60,7 +65,7 @@ def plot_finetune(summary: pd.DataFrame, model: str, out: str | Path) -> None:
             if part.empty:
                 ax.set_axis_off()
                 continue
-            variants = [v for v in VARIANT_LABELS if v in set(part["variant"])]
+            variants = [v for v in LABELS[exp] if v in set(part["variant"])]
             x = np.arange(len(variants))
             width = 0.8 / len(SERIES)
             for k, (key, label, color) in enumerate(SERIES):
@@ -73,7 +78,7 @@ def plot_finetune(summary: pd.DataFrame, model: str, out: str | Path) -> None:
                 ).astype(float)
                 ax.bar(x + (k - 1) * width, y, width, yerr=err, capsize=2, color=color, label=label)
             ax.axhline(0, color="black", linewidth=0.8)
-            ax.set_xticks(x, [VARIANT_LABELS[v] for v in variants], rotation=20, ha="right")
+            ax.set_xticks(x, [LABELS[exp][v] for v in variants], rotation=20, ha="right")
             steps = int(part["steps"].iloc[0])
             ax.set_title(
                 f"{TITLES[exp]}\ntrained on {condition_label(lang)}, {steps} steps", fontsize=9
@@ -83,8 +88,8 @@ def plot_finetune(summary: pd.DataFrame, model: str, out: str | Path) -> None:
             ax.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle(
-        f"{model}: fine-tuning gain on the trained language vs change elsewhere "
-        "(below 0 = lower perplexity; bars: 95% bootstrap intervals over documents)",
+        f"{model}: fine-tuning gain on the trained language vs change elsewhere\n"
+        "(below 0 = lower perplexity; error bars: 95% bootstrap intervals over documents)",
         fontsize=10,
     )
     fig.tight_layout()

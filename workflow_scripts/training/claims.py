@@ -140,7 +140,8 @@ def _compare(df, cid, experiment, a, b, measure, sign, what) -> dict:
         return _row(cid, detail=f"not computed: no {what} of both {a} and {b} ({experiment})")
     pa_, pb = np.mean([va[x][0] for x in langs]), np.mean([vb[x][0] for x in langs])
     margin = sign * np.mean([vb[x][1] - va[x][1] for x in langs], axis=0)
-    per = ", ".join(f"{x} {va[x][0]:+.2%} vs {vb[x][0]:+.2%}" for x in langs)
+    unit = "+.3f" if measure is _task else "+.2%"  # a score difference, or a relative change
+    per = ", ".join(f"{x} {va[x][0]:{unit}} vs {vb[x][0]:{unit}}" for x in langs)
     lo, hi = percentile_interval(margin)
     detail = f"{what} {a} vs {b}: {per}; margin [{lo:+.4f}, {hi:+.4f}]"
     return _row(cid, pa_, pb, (lo, hi), detail, sign * (pb - pa_))
