@@ -550,7 +550,9 @@ def test_bad_task_requests_fail_clearly_and_write_nothing(tmp_path, task, lang, 
     root = str(write_xnli(tmp_path / "xnli", ["en", "de"]))
     xnli = {"source": "huggingface", "benchmark": "xnli", "dataset": root, "max_items": 3}
     tasks = {"xnli": xnli, "xnli_field": {**xnli, "fields": {"input": "sentence"}}}
-    cfg = load_config("tiny", tasks=tasks, pim={"tasks": []}, layer_stages={"tasks": []})
+    cfg = load_config(
+        "tiny", tasks=tasks, pim={"tasks": []}, layer_stages={"tasks": []}, finetune={}
+    )
     cfg["languages"] = ["en", "fr", "zh", "de", "ko"]
     workdir = tmp_path / "work"
     target = f"results/tasks/{task}/{lang}.parquet"

@@ -256,8 +256,12 @@ def check_tasks(config: Mapping[str, Any]) -> None:
         raise ValueError("layer_stages.languages: en is the comparison language; leave it out")
     if stages["languages"] and "en" not in langs:
         raise ValueError("layer_stages needs en among languages (the comparison language)")
-    task = config["finetune"]["task"]
-    if task is not None and task_type(task_spec(config, task)) == "translation":
+    task = config["finetune"]["task"]  # checked only where fine-tuning jobs would read it
+    if (
+        task is not None
+        and config["finetune"]["languages"]
+        and task_type(task_spec(config, task)) == "translation"
+    ):
         raise ValueError(
             f"finetune.task: {task!r} is a translation task; the fine-tuning experiments score "
             "a task in the trained language alone (e.g. continuation)"
