@@ -37,7 +37,6 @@ EXPERIMENTS = {
     "enhance": ("neurons", "random", "full", "lora"),
     "forget": ("none", "core", "random", "monolingual"),
 }
-PHASES = ("before", "after")
 PPL = "ppl"
 SCHEMA = pa.schema(
     [

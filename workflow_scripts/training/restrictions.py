@@ -14,7 +14,8 @@ restriction:
 - :class:`LoRA`: ``peft`` low-rank adapters on named projection modules of the layers;
   only the adapters train, and they are merged back into the base weights at the end.
 
-A restriction is applied before the trainer is built (:meth:`Restriction.prepare`), runs
+A restriction is checked (:meth:`Restriction.check`, which ``continued_pretraining``
+runs first), applied before the trainer is built (:meth:`Restriction.prepare`), runs
 after every optimizer step (:meth:`Restriction.after_step`) and is undone once training
 ends (:meth:`Restriction.finish`: hooks removed, adapters merged), leaving a model of
 the base shape.
@@ -181,7 +182,6 @@ class FrozenRegion(Restriction):
     def prepare(self, model: nn.Module) -> nn.Module:
         from workflow_scripts.regions.selection import region_params
 
-        check_editable(model, "region-freeze training")
         self.params = region_params(model, self.region)
         self.index = {n: self.region[n].to(p.device) for n, p in self.params.items()}
         self.frozen = {
@@ -225,7 +225,6 @@ class LoRA(Restriction):
     def prepare(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
-        self.check(model)
         self._requires = [(p, p.requires_grad) for p in model.parameters()]
         config = LoraConfig(
             r=self.r,
