@@ -55,7 +55,9 @@ def direct_ppl(nll: list[float]) -> float:
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2", "bloom", "gemma3_text"])
 def test_perplexity_equals_direct(tiny_model, tiny_tokenizer, texts, arch, monkeypatch):
     model = tiny_model(arch).double()
-    monkeypatch.setattr(ppl_mod, "MAX_LOGITS", 3 * model.config.vocab_size)  # 3-row chunks
+    # 3-row chunks, the vocabulary in slices of a third (running log-sum-exp)
+    monkeypatch.setattr(ppl_mod, "MAX_LOGITS", 3 * model.config.vocab_size)
+    monkeypatch.setattr(ppl_mod, "VOCAB_SLICE", model.config.vocab_size // 3)
     res = perplexity(model, tiny_tokenizer, texts, max_length=MAX_LEN, batch_size=3)
     docs = direct_doc_nll(model, tiny_tokenizer, texts)
     nll = [x for doc in docs for x in doc]

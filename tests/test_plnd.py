@@ -355,7 +355,8 @@ def test_q_k_match_direct(run):
 
 def test_tiles_equal_the_full_score_matrix(run):
     """Tiny query blocks and dim chunks (every tile boundary, causal key ranges, the
-    sliding window of starcoder2, padding) give the full-matrix computation's values;
+    sliding window of starcoder2, padding, documents sharing a tile), in eager ops and
+    through the compiled kernel, give the full-matrix computation's values;
     OLMo 2's whole-projection norms go to the full-matrix path."""
     for site in attention_sites(run.model):
         kw = run.attn_kw[site.layer]
@@ -368,11 +369,15 @@ def test_tiles_equal_the_full_score_matrix(run):
                 routed = qk_importance(site, st, valid=run.valid)
                 assert all(torch.equal(routed[p], direct[p]) for p in direct)
                 continue
-            for block, elements in ((1, 1), (2, 64), (5, 10**6)):
-                tiled = plnd.qk_importance_tiled(site, st, ("q", "k"), elements, run.valid, block)
+            # eager ops, then the torch.compile-fused kernel (one compile for all models)
+            for block, elements, fused in ((1, 1, False), (2, 64, False), (5, 10**6, False),
+                                           (3, 200, True), (7, 10**6, True)):  # fmt: skip
+                tiled = plnd.qk_importance_tiled(
+                    site, st, ("q", "k"), elements, run.valid, block, compiled=fused
+                )
                 for part in ("q", "k"):
                     got, want = tiled[part][run.valid], direct[part][run.valid]
-                    assert torch.allclose(got, want, rtol=RTOL, atol=ATOL), (part, block)
+                    assert torch.allclose(got, want, rtol=RTOL, atol=ATOL), (part, block, fused)
                     assert (tiled[part][~run.valid] == 0).all()
 
 

@@ -1,9 +1,10 @@
 """Token-weighted perplexity on held-out text (docs/methods.md, "Evaluation").
 
 :func:`perplexity` runs the trunk on right-padded, length-sorted batches and the LM
-head only on the valid positions, on contiguous ``[N, V]`` chunks (the transposed
-layout is 3x slower on CPU; logits of a whole batch would not fit in memory for a
-262k-token vocabulary), with Gemma's final logit soft-capping. With ``max_tokens``
+head only on the valid positions, in bounded chunks of logits (a plain linear head by
+slices of the vocabulary with a running log-sum-exp, so its weight is read once per
+batch; logits of a whole batch would not fit in memory for a 262k-token vocabulary),
+with Gemma's final logit soft-capping. With ``max_tokens``
 every setting is evaluated on exactly the same predicted tokens.
 """
 
@@ -27,6 +28,8 @@ from workflow_scripts.models.placement import input_device
 log = logging.getLogger(__name__)
 
 MAX_LOGITS = 2**24  # logits elements per cross-entropy chunk (64 MB in float32)
+VOCAB_SLICE = 8192  # narrowest vocabulary slice of a plain head (rows per chunk: 2048)
+LOGITS_SLICE = 2**21  # logits of one vocabulary slice (8 MB: stays in cache for its sums)
 
 
 @dataclass(frozen=True)
@@ -74,28 +77,60 @@ def chunked_nll(
     rows: torch.Tensor | None = None,
     n_rows: int = 1,
 ) -> torch.Tensor:
-    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of positions
-    at a time, in float32 (float64 sums), as a tensor on the head's device: no host sync.
+    """Summed cross-entropy of ``head(hidden)`` ``[N, V]``, a bounded number of logits at a
+    time, in float32 (float64 sums), as a tensor on the head's device: no host sync.
     With ``rows`` (``[N]``, the sequence of each position) the sums per sequence
-    (``[n_rows]``), else one 0-d sum."""
+    (``[n_rows]``), else one 0-d sum. A plain ``nn.Linear`` head is read in slices of
+    the vocabulary (:func:`_nll_by_vocab`: its weight is read once per 2,048
+    positions, not once per ``MAX_LOGITS / V``); other heads (offloaded by accelerate,
+    quantized) are called on chunks of positions."""
+    plain = isinstance(head, nn.Linear) and not hasattr(head, "_hf_hook")
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
-    chunk = max(1, MAX_LOGITS // vocab)
+    chunk = max(1, MAX_LOGITS // (min(VOCAB_SLICE, vocab) if plain else vocab))
     total = None
     for i in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[i : i + chunk])
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        target = targets[i : i + chunk].to(logits.device)
-        nll = F.cross_entropy(logits, target, reduction="none").double()
+        target = targets[i : i + chunk].to(hidden.device)
+        if plain:
+            nll = _nll_by_vocab(head, hidden[i : i + chunk], target, cap)
+        else:
+            logits = head(hidden[i : i + chunk])
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            nll = F.cross_entropy(logits, target.to(logits.device), reduction="none").double()
         if total is None:
-            total = torch.zeros(n_rows, dtype=torch.float64, device=logits.device)
+            total = torch.zeros(n_rows, dtype=torch.float64, device=nll.device)
         if rows is None:
             total += nll.sum()
         else:
-            total.index_add_(0, rows[i : i + chunk].to(logits.device), nll)
+            total.index_add_(0, rows[i : i + chunk].to(nll.device), nll)
     return total[0] if rows is None else total
+
+
+def _nll_by_vocab(
+    head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None
+) -> torch.Tensor:
+    """``[N]`` float64 NLL of ``targets`` under ``head(hidden)``, the logits formed one
+    slice of ``LOGITS_SLICE / N`` vocabulary rows at a time with a running log-sum-exp
+    (``cross_entropy``'s value; float32 work for half-precision heads; the weight is
+    read once)."""
+    n, vocab = hidden.shape[0], head.weight.shape[0]
+    width = max(1, min(MAX_LOGITS, LOGITS_SLICE) // max(1, n))
+    work = torch.promote_types(head.weight.dtype, torch.float32)  # float32 or float64
+    lse = hidden.new_full((n,), -math.inf, dtype=work)
+    picked = torch.zeros_like(lse)
+    for v0 in range(0, vocab, width):
+        v1 = min(v0 + width, vocab)
+        bias = None if head.bias is None else head.bias[v0:v1]
+        logits = F.linear(hidden, head.weight[v0:v1], bias).to(work)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        lse = torch.logaddexp(lse, torch.logsumexp(logits, -1))
+        inside = (targets >= v0) & (targets < v1)
+        local = (targets - v0).clamp(0, v1 - v0 - 1)
+        picked = torch.where(inside, logits.gather(1, local[:, None])[:, 0], picked)
+    return lse.double() - picked.double()
 
 
 @torch.inference_mode()

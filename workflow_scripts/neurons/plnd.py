@@ -46,7 +46,9 @@ attention output magnitude, read here as ``q[h*D + d] = |o_in[h*D + d]|`` and
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -73,6 +75,7 @@ DEFAULT_REDUCTION = {"paper": "l2", "released": "sum"}
 
 Key = tuple[int, str]  # (layer, part)
 X = TypeVar("X", torch.Tensor, Mapping)
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- sites
@@ -122,11 +125,15 @@ def v_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
     """
     bsz, seq, _ = o_in.shape
     heads, dim = site.n_heads, site.head_dim
-    idx = site.heads_of_kv(o_in.device)  # [n_kv, group]
+    idx = site.heads_of_kv(o_in.device)  # [n_kv, G]
     w = site.o_weight().to(o_in.dtype).reshape(-1, heads, dim)[:, idx]  # [hid, n_kv, G, D]
-    gram = torch.einsum("ogrd,ogsd->gdrs", w, w)  # [n_kv, D, G, G]
+    gram = (w[:, :, :, None] * w[:, :, None]).sum(0)  # [n_kv, G, G, D]
     a = o_in.reshape(bsz, seq, heads, dim)[:, :, idx]  # [B, T, n_kv, G, D]
-    sq = torch.einsum("btgrd,gdrs,btgsd->btgd", a, gram, a)
+    sq = a.new_zeros(bsz, seq, site.n_kv_heads, dim)
+    for r in range(idx.shape[1]):  # a^T G a over the (symmetric) pairs of served heads
+        sq.addcmul_(a[:, :, :, r].square(), gram[:, r, r])
+        for s in range(r + 1, idx.shape[1]):
+            sq.addcmul_(a[:, :, :, r] * a[:, :, :, s], gram[:, r, s], value=2)
     return sq.clamp_min(0).sqrt().reshape(bsz, seq, site.n_kv_heads * dim)
 
 
@@ -257,9 +264,101 @@ def _chunks(n: int, size: int) -> Iterable[slice]:
         yield slice(start, min(start + size, n))
 
 
-TILE_ELEMENTS = 2**19  # Q/K tile on CPU: 2 MiB of float32, stays in a core's L2 cache
-QUERY_BLOCK = 32  # query rows per tile: a causal block sees only the keys up to its end
-MASKED = -60.0  # a masked score, relative to its row's maximum, in the tiled Q/K path
+TILE_ELEMENTS = 2**19  # eager Q/K tile: cells per call (each op materialises one)
+QUERY_BLOCK = 32  # query rows per eager tile: a causal block sees only the keys up to its end
+COMPILED_TILE_ELEMENTS = 2**23  # fused Q/K kernel: cells per call (nothing materialised)
+COMPILED_QUERY_BLOCK = 16  # and its query rows per tile (finer causal key ranges)
+PROB_FLOOR = 2.0**-38  # ~3.6e-12: p * eps and its square stay normal float32 numbers
+COMPILE_MIN_CELLS = 2**22  # auto: compile where a layer scores H * D * T * T cells or more
+# the fused kernel: no buffer between the exp and the three sums over keys
+_INDUCTOR = {"realize_opcount_threshold": 10**4, "realize_reads_threshold": 10**4,
+             "realize_acc_reads_threshold": 10**4}  # fmt: skip
+_compiled: dict[str, Callable | None] = {}
+
+
+def tile_change(
+    raw: torch.Tensor,
+    probs: torch.Tensor,
+    r0: torch.Tensor,
+    r1: torch.Tensor,
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    gq: torch.Tensor | None = None,
+    gk: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[..., H, c, rows]``: the norm of each head's softmax-row change when dim d is
+    removed, for one tile of :func:`qk_importance_tiled`, in one pass over the keys.
+
+    ``raw`` the scaled scores ``S`` and ``probs`` the stock probabilities ``p``, ``[...,
+    H, 1, rows, keys]``. The score change is ``x = S g - r0 c0 - r1 c1`` (``r`` ``[..., H,
+    c, rows, 1]``, ``c`` ``[..., H, c, 1, keys]``; ``g = f - 1`` for a q / k norm factor
+    ``f`` per query ``gq`` / per key ``gk``, folded into ``r`` / ``c``: ``S' = (S - delta)
+    f``). Shifted per row by its value at the row's most probable key (softmax ignores
+    the shift; it keeps ``x`` small): ``eps = exp(x) - 1``, ``W = sum p (1 + eps) = 1 +
+    A``, ``p' = p (1 + eps) / W`` and ``||p' - p||^2 = (sum p^2 eps^2 - 2 A sum p^2 eps
+    + A^2 sum p^2) / (1 + A)^2``. Masked cells have ``p = 0`` and add nothing (any
+    additive mask). Below float64, probabilities under :data:`PROB_FLOOR` count as 0:
+    their products would be subnormal floats (2-3x slower on CPUs), and their change
+    ``p |(1 + eps) / W - 1|`` stays under 1e-5 unless the removed dim raises that score
+    by more than ~15 nats over the row's top key.
+    """
+    x = -(r0 * c0) - r1 * c1
+    if gq is not None:
+        x = x + raw * gq
+    if gk is not None:
+        x = x + raw * gk
+    top = probs.argmax(-1, keepdim=True).expand(*x.shape[:-1], 1)  # [..., H, c, rows, 1]
+    eps = torch.expm1(x - x.gather(-1, top))
+    if probs.dtype != torch.float64:
+        probs = torch.where(probs < PROB_FLOOR, 0.0, probs)
+    pe = probs * eps
+    a, b, c = pe.sum(-1), (pe * probs).sum(-1), pe.square().sum(-1)
+    sq = c - 2 * a * b + a.square() * probs.square().sum(-1)
+    return sq.clamp_min(0).sqrt() / (1 + a)
+
+
+def use_compiled(q: torch.Tensor, compiled: bool | None = None) -> bool:
+    """Whether the Q/K tiles go through the fused kernel: ``compiled`` if given, else on
+    CPU where a layer's cells ``H * D * T * T`` reach :data:`COMPILE_MIN_CELLS` (Gemma 3
+    270M at 128 tokens: 2.0x faster Q/K; tiny models: the one-time compile of ~15 s
+    would cost more than it saves). ``MLN_COMPILE=0`` turns it off."""
+    if compiled is not None:
+        return compiled
+    if q.device.type != "cpu" or os.environ.get("MLN_COMPILE", "1") == "0":
+        return False
+    _, heads, seq, dim = q.shape
+    return heads * dim * seq * seq >= COMPILE_MIN_CELLS
+
+
+def compiled_tile_change() -> Callable | None:
+    """:func:`tile_change` through ``torch.compile``, or ``None`` where compiling failed
+    (no C++ compiler: logged once, then the eager ops serve). One graph per kind of norm
+    factor: dynamic sizes and strides (the tiles are views), not tied to each other by
+    equal values at the first call, and the sums over keys fused with the exp
+    (:data:`_INDUCTOR`)."""
+    if "fn" not in _compiled:
+        import torch._dynamo.config as dynamo
+        import torch._inductor.config as inductor
+        from torch.fx.experimental import _config as fx
+
+        fn = torch.compile(tile_change, dynamic=True)
+
+        def guarded(*args):
+            if _compiled.get("fn") is not None:
+                try:
+                    with (
+                        fx.patch(use_duck_shape=False),
+                        inductor.patch(_INDUCTOR),
+                        dynamo.patch(recompile_limit=32),  # sizes of 1 specialise
+                    ):
+                        return fn(*args)
+                except Exception as err:  # the backend's compiler failed: fall back
+                    log.warning("PLND Q/K: torch.compile failed (%s); eager ops instead", err)
+                    _compiled["fn"] = None
+            return tile_change(*args)
+
+        _compiled["fn"] = guarded
+    return _compiled["fn"]
 
 
 def qk_importance(
@@ -271,20 +370,18 @@ def qk_importance(
 ) -> dict[str, torch.Tensor]:
     """Per-token Q ``[B, T, H*D]`` and K ``[B, T, n_kv*D]`` importance (see module doc).
 
-    The common case (per-head or no q/k norms, a 0 / -inf mask) goes through
-    :func:`qk_importance_tiled`; q/k norms over the whole projection (OLMo 2) and
-    other additive masks through :func:`qk_importance_direct`. ``valid`` ``[B, T]``:
-    the rows to score (the others are left 0); all rows if ``None``.
+    The common case (per-head or no q/k norms) goes through
+    :func:`qk_importance_tiled`; q/k norms over the whole projection (OLMo 2) through
+    :func:`qk_importance_direct`. ``valid`` ``[B, T]``: the rows to score (the others
+    are left 0); all rows if ``None``.
     """
-    lowest = torch.finfo(st.bias.dtype).min
-    plain = bool(((st.bias == 0) | (st.bias <= lowest / 2)).all())
-    if site.qk_norm_over_projection() or not plain:
+    if site.qk_norm_over_projection():
         return qk_importance_direct(site, st, parts, max_elements)
-    tile = TILE_ELEMENTS if st.raw.device.type == "cpu" else max_elements
-    out = qk_importance_tiled(site, st, parts, min(tile, max_elements), valid)
+    tile = None if st.raw.device.type == "cpu" else max_elements  # CPU: the path's own
+    out = qk_importance_tiled(site, st, parts, tile, valid)
     if all(bool(imp.isfinite().all()) for imp in out.values()):
         return out
-    # a removed dim moved a score by more than exp's range (no max pass in the tiles)
+    # a removed dim raised a score by more than exp's range (no max pass in the tiles)
     return qk_importance_direct(site, st, parts, max_elements)
 
 
@@ -317,90 +414,88 @@ def qk_importance_tiled(
     site: AttentionSite,
     st: AttentionState,
     parts: Iterable[str] = ("q", "k"),
-    max_elements: int = TILE_ELEMENTS,
+    max_elements: int | None = None,
     valid: torch.Tensor | None = None,
-    block: int = QUERY_BLOCK,
+    block: int | None = None,
+    compiled: bool | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Q/K importance as :func:`qk_importance_direct`, in cache-sized tiles.
+    """Q/K importance as :func:`qk_importance_direct`, in tiles.
 
-    Per document and block of query rows only the keys the block may see are read
-    (causal: about half the score matrix; padding: none), all heads and a chunk of
-    dims at once, ``H * c * rows * keys <= max_elements``. The new row of dim d is
-    ``(S - m - delta_d) * f`` with ``S - m`` the scores shifted by their row maximum
-    (softmax is unchanged by a per-row shift; a per-key k_norm factor gives
-    ``(S - m - delta_d) f + m (f - 1)``), exponentiated without a max pass (the row
-    maximum is 0 before the change), normalised and compared with the stock
-    probabilities. Masked cells are set to :data:`MASKED` instead of -inf, which
-    leaves ``exp(-60) / Z`` instead of 0 there: below float32 resolution. Assumes the
-    mask is 0 / -inf and the q/k norms are per head (:func:`qk_importance` checks).
+    Per block of query rows only the keys the block may see are read (causal: about
+    half the score matrix; padding: none), for all documents that share the block's
+    rows and keys, all heads and a chunk of dims at once, ``docs * H * c * rows * keys
+    <= max_elements``; each tile is one call of :func:`tile_change` (one pass over the
+    keys, no max pass, any additive mask). ``compiled``: the tiles through one
+    ``torch.compile``-fused kernel (no tile is materialised: large tiles, few calls)
+    instead of eager ops; ``None`` decides by :func:`use_compiled`. Assumes per-head
+    q/k norms (:func:`qk_importance` checks).
     """
     parts = [p for p in ("q", "k") if p in set(parts)]
     bsz, heads, seq, dim = st.q.shape
     s, lowest = site.scaling, torch.finfo(st.raw.dtype).min
     kv = site.kv_index(st.q.device)
 
-    def dims_last(x: torch.Tensor) -> torch.Tensor:  # [B, H, T, D] -> contiguous [B, H, D, T]
+    def dims_last(x: torch.Tensor, *factors: torch.Tensor) -> torch.Tensor:
+        """``x`` times ``factors`` (``[B, H|1, T, D]``), as contiguous ``[B, H, D, T]``."""
+        for f in factors:
+            x = x * f
         return x.transpose(-1, -2).contiguous()
 
     cos, sin = st.cos[:, None], st.sin[:, None]
-    # per part: (row terms r0, r1 per query, column terms c0, c1 per key, norm factor,
-    # whether the factor is per query): delta = r0 c0 + r1 c1 (module doc's derivations)
+    # per part: (row terms r0, r1 per query, column terms c0, c1 per key, g = f - 1 of
+    # the norm factor f, whether f is per query): delta f = r0 c0 + r1 c1 with f folded
+    # into the row (q) or column (k) terms (module doc's derivations)
     terms: dict[str, tuple] = {}
     if "q" in parts:
-        q_fac = _rms_factor(st.q_pre, site.q_norm)
+        f = _rms_factor(st.q_pre, site.q_norm)
+        f = () if f is None else (f,)
         k_rot = st.k_rot[:, kv]
         terms["q"] = (
-            dims_last(st.q * cos * s),
-            dims_last(-st.q * sin * s),
+            dims_last(st.q * s, cos, *f),
+            dims_last(-st.q * s, sin, *f),
             dims_last(k_rot),
             dims_last(_rotate_half(k_rot, st.rotary)),
-            None if q_fac is None else dims_last(q_fac),
+            dims_last(f[0] - 1) if f else None,
             True,
         )
     if "k" in parts:
-        k_fac = _rms_factor(st.k_pre, site.k_norm)
+        f = _rms_factor(st.k_pre, site.k_norm)
+        f = () if f is None else (f[:, kv],)
         k = st.k[:, kv] * s
         terms["k"] = (
             dims_last(st.q_rot),
             dims_last(_rotate_half(st.q_rot, st.rotary)),
-            dims_last(k * cos),
-            dims_last(-k * sin),
-            None if k_fac is None else dims_last(k_fac[:, kv]),
+            dims_last(k, cos, *f),
+            dims_last(-k, sin, *f),
+            dims_last(f[0] - 1) if f else None,
             False,
         )
     allowed = st.bias > lowest / 2
-    row_max = torch.where(allowed, st.raw, lowest).amax(-1, keepdim=True)  # [B, H, T, 1]
-    # masked cells at MASKED below the row maximum: exp gives ~1e-26 of the maximum's
-    # weight there (below float32 resolution) while staying on its fast vectorized path
-    # (-inf and arguments under ~-87 take a scalar path that is ~10x slower on CPU)
-    shifted = (st.raw - row_max).masked_fill(~allowed, MASKED)
     out = {part: st.q.new_zeros(bsz, heads, dim, seq) for part in parts}
-    # a tile holds at most max_elements, or all heads x one dim x one block's cells
-    work = st.q.new_empty(max(max_elements, heads * min(block, seq) * seq))
+    kernel = compiled_tile_change() if use_compiled(st.q, compiled) else tile_change
+    fast = kernel is not tile_change
+    block = block or (COMPILED_QUERY_BLOCK if fast else QUERY_BLOCK)
+    max_elements = max_elements or (COMPILED_TILE_ELEMENTS if fast else TILE_ELEMENTS)
+    groups: dict[tuple, list[int]] = {}  # documents that share a tile's rows and keys
     for b, spans in enumerate(_spans(allowed.expand(bsz, -1, -1, -1), valid, block)):
-        for t0, t1, k0, k1 in spans:
-            rows, keys = slice(t0, t1), slice(k0, k1)
-            n_rows, n_keys = t1 - t0, k1 - k0
-            c = max(1, min(dim, max_elements // (heads * n_rows * n_keys)))
-            base = shifted[b, :, rows, keys][:, None]  # [H, 1, rows, keys]
-            m = row_max[b, :, rows][:, None]
-            probs = st.probs[b, :, rows, keys][:, None]
-            for part, (r0, r1, c0, c1, fac, per_query) in terms.items():
-                for dc in _chunks(dim, c):
-                    new = work[: heads * (dc.stop - dc.start) * n_rows * n_keys]
-                    new = new.view(heads, -1, n_rows, n_keys)
-                    torch.addcmul(base, r0[b, :, dc, rows, None], c0[b, :, dc, None, keys],
-                                  value=-1, out=new)  # fmt: skip
-                    new.addcmul_(r1[b, :, dc, rows, None], c1[b, :, dc, None, keys], value=-1)
-                    if fac is not None and per_query:
-                        new.mul_(fac[b, :, dc, rows, None])
-                    elif fac is not None:  # (S - delta) f - m = (S - m - delta) f + m (f - 1)
-                        f = fac[b, :, dc, None, keys]
-                        new.mul_(f).addcmul_(m, f - 1)
-                    new.exp_()
-                    z = new.sum(-1, keepdim=True).reciprocal_()
-                    torch.addcmul(probs, new, z, value=-1, out=new)
-                    out[part][b, :, dc, rows] = torch.linalg.vector_norm(new, dim=-1)
+        for span in spans:
+            groups.setdefault(span, []).append(b)
+    for (t0, t1, k0, k1), docs in groups.items():
+        rows, keys = slice(t0, t1), slice(k0, k1)
+        d = docs if len(docs) < bsz else slice(None)  # a view where all documents share it
+        c = max(1, min(dim, max_elements // (len(docs) * heads * (t1 - t0) * (k1 - k0))))
+        raw = st.raw[d, :, None, rows, keys]  # [docs, H, 1, rows, keys]
+        probs = st.probs[d, :, None, rows, keys]
+        for part, (r0, r1, c0, c1, g, per_query) in terms.items():
+            for dc in _chunks(dim, c):
+                row, col = (d, slice(None), dc, rows, None), (d, slice(None), dc, None, keys)
+                gq = g[row] if g is not None and per_query else None
+                gk = g[col] if g is not None and not per_query else None
+                args = (raw, probs, r0[row], r1[row], c0[col], c1[col], gq, gk)
+                if fast:  # contiguous tiles: strides guard no recompiles
+                    args = tuple(None if t is None else t.contiguous() for t in args)
+                change = kernel(*args)
+                out[part][d, :, dc, rows] = change
     result = {}
     if "q" in out:
         result["q"] = out["q"].permute(0, 3, 1, 2).reshape(bsz, seq, heads * dim)
