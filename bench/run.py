@@ -12,12 +12,17 @@ its baseline (the median round counts), so machine noise hits both alike:
 - trunk forward: ``model.base_model`` (no head, no hooks), the baseline of the
   activation statistics and PLND; forward with head: the full model, logits for every
   position, the baseline of perplexity;
-- activation counting (all positions; LAPE's statistics are the same pass), PLND FFN
-  only, PLND all five parts (FFN, Q, K, V, O), perplexity (head on the valid positions);
+- activation counting (all positions; LAPE's statistics are the same pass), and during
+  greedy generation of 16 tokens (baseline: the same ``generate`` without hooks; tokens/s
+  are new tokens), PLND FFN only, PLND all five parts (FFN, Q, K, V, O), perplexity
+  (head on the valid positions);
 - ratio = baseline time / stage time (1.0 = free), memory = the stage's peak resident
   memory above the process's before it (sampled every 5 ms);
 - PLND's speed-up over the direct definition: zeroing one FFN neuron and re-running its
   MLP per neuron (timed on a sample, extrapolated to all neurons and batches).
+
+``--memory``: PLND statistics (all five parts) over N and 4N documents of the corpus, each
+in a fresh process, and their peak resident memory: bounded memory means the two are close.
 
 Never run two benchmarks (or other busy jobs) at once on 2 cores.
 """
@@ -29,6 +34,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +51,14 @@ from workflow_scripts.neurons.actcount import ActivationCounts, _Recorder
 from workflow_scripts.neurons.plnd import PARTS, plnd_scores
 
 START, END = "<!-- bench/run.py: start -->", "<!-- bench/run.py: end -->"
-TARGETS = {"counting": 0.95, "plnd_ffn": 0.95, "plnd_all": 0.3, "perplexity": 0.9}
+TARGETS = {
+    "counting": 0.95,
+    "counting_generated": 0.9,
+    "plnd_ffn": 0.95,
+    "plnd_all": 0.3,
+    "perplexity": 0.9,
+}
+BASELINES = {"counting_generated": "generate", "perplexity": "forward with head"}
 
 
 class PeakMemory:
@@ -152,6 +165,32 @@ def bench_length(model, tok, texts, length: int, args) -> list[dict]:
             plnd_scores(model, b["input_ids"], b["attention_mask"], parts=parts) for b in batches
         ]
 
+    prompts = docs[: args.batch_size]
+    enc = tok(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        truncation=True,
+        max_length=64,
+    )
+    gen_kwargs = dict(
+        max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id
+    )
+
+    def generate() -> None:
+        model.generate(**enc, **gen_kwargs)
+
+    def generate_count() -> None:
+        rec = _Recorder(ActivationCounts.empty(sites), "generated", {tok.eos_token_id})
+        pre = model.register_forward_pre_hook(rec.pre_forward, with_kwargs=True)
+        try:
+            with activation_hooks(sites, rec):
+                model.generate(**enc, **gen_kwargs)
+        finally:
+            pre.remove()
+        rec.finish()
+
     def ppl() -> None:
         from workflow_scripts.evaluation.perplexity import perplexity
 
@@ -159,6 +198,12 @@ def bench_length(model, tok, texts, length: int, args) -> list[dict]:
 
     stages = [
         ("counting", "activation counting (= LAPE statistics)", trunk, counting),
+        (
+            "counting_generated",
+            "activation counting, 16 generated tokens",
+            generate,
+            generate_count,
+        ),
         ("plnd_ffn", "PLND, FFN", trunk, plnd(("ffn",))),
         ("plnd_all", "PLND, FFN+Q+K+V+O", trunk, plnd(PARTS)),
         ("perplexity", "perplexity", with_head, ppl),
@@ -171,9 +216,9 @@ def bench_length(model, tok, texts, length: int, args) -> list[dict]:
         row = {
             "length": length,
             "stage": name,
-            "baseline": "forward with head" if base is with_head else "trunk forward",
-            "tokens_s": n_tokens / ts,
-            "base_tokens_s": n_tokens / tb,
+            "baseline": BASELINES.get(key, "trunk forward"),
+            "tokens_s": (16 * len(prompts) if base is generate else n_tokens) / ts,
+            "base_tokens_s": (16 * len(prompts) if base is generate else n_tokens) / tb,
             "ratio": tb / ts,
             "target": TARGETS[key],
             "mem_mib": mem,
@@ -245,6 +290,29 @@ def rewrite_readme(path: Path, text: str) -> None:
     path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
 
 
+def memory_child(args: argparse.Namespace, n_docs: int) -> None:
+    """Peak RSS (MiB) of one process that runs ``plnd_stats`` over ``n_docs`` documents."""
+    import resource
+
+    from workflow_scripts.neurons.selection import plnd_stats
+
+    model, tok = load_model(args.model, threads=args.threads)
+    settings = {"variant": "paper", "parts": list(PARTS), "top_fraction": 0.1,
+                "batch_size": args.batch_size, "max_length": max(args.lengths)}  # fmt: skip
+    plnd_stats(model, tok, texts_of(args.corpus, args.lang, n_docs), settings)
+    print(
+        f"{n_docs} docs: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
+
+
+def memory(args: argparse.Namespace) -> None:
+    for n in (args.docs, 4 * args.docs):
+        cmd = [sys.executable, __file__, "--model", args.model, "--corpus", args.corpus, "--lang", args.lang,
+               "--lengths", str(max(args.lengths)), "--batch-size", str(args.batch_size), "--memory-child", str(n)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        print(out.strip().splitlines()[-1], flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,7 +327,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--stages", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--readme", type=Path, default=None, help="rewrite this file's bench section")
+    ap.add_argument("--memory", action="store_true", help="PLND peak memory at N and 4N docs")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child is not None:
+        return memory_child(args, args.memory_child)
+    if args.memory:
+        return memory(args)
 
     model, tok = load_model(args.model, threads=args.threads)
     texts = texts_of(args.corpus, args.lang, 10**6)

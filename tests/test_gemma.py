@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -143,3 +145,45 @@ def test_bfloat16_gives_the_float32_selections_up_to_near_ties(gemma, capsys):
     assert far_lape <= 0.05 * s32.selected.sum()
     assert far_plnd <= 0.05 * max(1, sel32.sum())
     assert math.isclose(ppl16, ppl32, rel_tol=0.02)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["compiled", "eager"])
+def test_q_k_tiles_match_the_full_score_matrix(gemma, fused):
+    """PLND Q/K on the real model (4 heads of 256 dims over 1 kv head, q/k norms): the
+    torch.compile-fused one-pass tiles and the eager ones equal the full-matrix
+    definition, head by head, on two padded documents."""
+    if fused and shutil.which("g++") is None and not os.environ.get("CI"):
+        pytest.skip("no C++ compiler (g++): torch.compile's CPU kernel cannot be built here")
+    from workflow_scripts.models.anatomy import attention_sites
+    from workflow_scripts.neurons import plnd
+
+    model, tok = gemma
+    fr = read_parquet(BUNDLED, ["lang", "text"]).to_pandas().query("lang == 'fr'")["text"]
+    enc = tok([" ".join(fr.iloc[:6]), SENTENCES[1]], return_tensors="pt", padding=True,
+              padding_side="right", truncation=True, max_length=96)  # fmt: skip
+    valid = enc["attention_mask"].bool()
+    sites = {s.layer: s for s in attention_sites(model)}
+    captured = {}
+    hooks = [
+        sites[i].attn.register_forward_hook(
+            lambda _m, _a, kw, _o, i=i: captured.__setitem__(i, kw), with_kwargs=True
+        )
+        for i in (0, 5, 17)  # a local (sliding-window) and the last global layer
+    ]
+    with torch.inference_mode():
+        model.base_model(**enc)
+    for h in hooks:
+        h.remove()
+    with torch.inference_mode():
+        for i, kw in captured.items():
+            st = plnd.attention_state(
+                sites[i], kw["hidden_states"], kw["position_embeddings"], kw["attention_mask"]
+            )
+            want = plnd.qk_importance_direct(sites[i], st)
+            got = plnd.qk_importance_tiled(sites[i], st, valid=valid, compiled=fused)
+            for part in ("q", "k"):
+                g, w = got[part][valid], want[part][valid]
+                err = float((g - w).abs().max() / w.abs().max())
+                assert err < 1e-4, (i, part, err)
+                assert (got[part][~valid] == 0).all()
+    assert not fused or plnd._compiled.get("fn") is not None, "torch.compile failed"

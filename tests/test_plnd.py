@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
 import types
 
 import pytest
@@ -353,11 +355,14 @@ def test_q_k_match_direct(run):
         assert run.scores[(site.layer, "q")].tokens[:, 0].abs().max() < 1e-12
 
 
-def test_tiles_equal_the_full_score_matrix(run):
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+def test_tiles_equal_the_full_score_matrix(run, fused):
     """Tiny query blocks and dim chunks (every tile boundary, causal key ranges, the
     sliding window of starcoder2, padding, documents sharing a tile), in eager ops and
     through the compiled kernel, give the full-matrix computation's values;
     OLMo 2's whole-projection norms go to the full-matrix path."""
+    if fused and shutil.which("g++") is None and not os.environ.get("CI"):
+        pytest.skip("no C++ compiler (g++): torch.compile's CPU kernel cannot be built here")
     for site in attention_sites(run.model):
         kw = run.attn_kw[site.layer]
         st = attention_state(
@@ -369,9 +374,10 @@ def test_tiles_equal_the_full_score_matrix(run):
                 routed = qk_importance(site, st, valid=run.valid)
                 assert all(torch.equal(routed[p], direct[p]) for p in direct)
                 continue
-            # eager ops, then the torch.compile-fused kernel (one compile for all models)
-            for block, elements, fused in ((1, 1, False), (2, 64, False), (5, 10**6, False),
-                                           (3, 200, True), (7, 10**6, True)):  # fmt: skip
+            # eager, or the torch.compile-fused kernel (one compile for all models)
+            for block, elements in (
+                ((1, 1), (2, 64), (5, 10**6)) if not fused else ((3, 200), (7, 10**6))
+            ):
                 tiled = plnd.qk_importance_tiled(
                     site, st, ("q", "k"), elements, run.valid, block, compiled=fused
                 )
@@ -379,6 +385,8 @@ def test_tiles_equal_the_full_score_matrix(run):
                     got, want = tiled[part][run.valid], direct[part][run.valid]
                     assert torch.allclose(got, want, rtol=RTOL, atol=ATOL), (part, block, fused)
                     assert (tiled[part][~run.valid] == 0).all()
+                if fused:  # not the eager fallback after a failed compile
+                    assert plnd._compiled.get("fn") is not None, "torch.compile failed"
 
 
 @pytest.mark.parametrize("case", GQA_CASES)
