@@ -246,7 +246,7 @@ def table(rows: list[dict]) -> str:
         speedup = "" if r["speedup"] is None else f"x{r['speedup']:,.0f}"
         lines.append(
             f"| {r['length']} | {r['stage']} | {r['tokens_s']:.0f} | {r['base_tokens_s']:.0f} "
-            f"({r['baseline']}) | {r['ratio']:.2f} (>= {r['target']}){ok} | +{r['mem_mib']:.0f} MiB | {speedup} |"
+            f"({r['baseline']}) | {r['ratio']:.3f} (>= {r['target']}){ok} | +{r['mem_mib']:.0f} MiB | {speedup} |"
         )
     return "\n".join(lines)
 

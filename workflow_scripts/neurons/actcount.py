@@ -151,13 +151,15 @@ class LayerAccumulator:
 
     def add(self, acts: torch.Tensor, offset: int = 0) -> None:
         """``acts[N, I]``: N recorded positions of columns ``offset .. offset + I``."""
-        active = acts > 0
-        cols = slice(offset, offset + acts.shape[-1])
-        self.counts[cols] += active.sum(0)
-        self.column_positions[cols] += acts.shape[0]
-        self.inhibited += (~active).float().mean(-1).double().sum()
-        self.zeros += (acts == 0).float().mean(-1).double().sum()
-        self.n_positions += acts.shape[0]
+        n, width = acts.shape
+        cols = slice(offset, offset + width)
+        counted = (acts > 0).sum(0)
+        self.counts[cols] += counted
+        self.column_positions[cols] += n
+        # sums over positions of the share of inactive / zero neurons, from two counts
+        self.inhibited += n - counted.sum().double() / width
+        self.zeros += torch.count_nonzero(acts == 0).double() / width
+        self.n_positions += n
 
 
 class _Recorder:
@@ -166,7 +168,8 @@ class _Recorder:
     ``keep`` ``[B, T]`` marks them: the attention mask (mode ``all``), or the last
     position of every sequence not yet done (mode ``generated``). Accumulators and
     masks live on the device of each layer's activations (with a ``device_map`` layers
-    sit on different GPUs); nothing goes to the host until :meth:`finish`, once per batch.
+    sit on different GPUs); nothing goes to the host until :meth:`finish`, once per batch,
+    but one flag: whether the batch has no pad (then no position is indexed out).
     """
 
     def __init__(self, counts: ActivationCounts, mode: str, eos_ids: set[int]):
@@ -177,6 +180,7 @@ class _Recorder:
         self.eos: torch.Tensor | None = None
         self.acc: dict[int, LayerAccumulator] = {}
         self._keep: OnDevices | None = None  # this forward call's recorded positions
+        self._every = False  # mode "all" and no pad: every position recorded (no indexing)
 
     def pre_forward(self, _module, args, kwargs) -> None:
         """Generation: a sequence whose last input token is EOS (or pad after it) is done."""
@@ -197,10 +201,13 @@ class _Recorder:
         acts = acts.detach()
         if self._keep is None:  # mode "all": the token mask, set before the forward
             self._keep = OnDevices(self.mask)
+            self._every = bool(self.mask.all())  # one flag per batch
         keep = self._keep(acts.device).reshape(-1)
         if rows is not None:
             keep = keep[rows]
-        selected = acts.reshape(-1, acts.shape[-1])[keep]
+        selected = acts.reshape(-1, acts.shape[-1])
+        if not (self._every and rows is None):
+            selected = selected[keep]
         if selected.numel() == 0:
             return
         if layer not in self.acc:

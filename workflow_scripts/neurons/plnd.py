@@ -632,13 +632,15 @@ class NeuronScores:
 
 
 def reduce_tokens(
-    imp: torch.Tensor, valid: torch.Tensor, keep_tokens: bool = False
+    imp: torch.Tensor, valid: torch.Tensor, keep_tokens: bool = False, full: bool = False
 ) -> NeuronScores:
-    """Reduce per-token importance ``[B, T, n]`` over the ``valid`` ``[B, T]`` tokens."""
-    imp = torch.where(valid[..., None], imp, imp.new_zeros(()))  # also drops NaN at pads
+    """Reduce per-token importance ``[B, T, n]`` over the ``valid`` ``[B, T]`` tokens
+    (``full``: the caller knows every token is valid, so nothing is masked)."""
+    if not full:
+        imp = torch.where(valid[..., None], imp, imp.new_zeros(()))  # drops NaN at pads
     n_tok = valid.sum(1).to(imp.dtype)
     return NeuronScores(
-        l2=imp.pow(2).sum(1).sqrt(),
+        l2=torch.linalg.vector_norm(imp, dim=1),
         mean=imp.sum(1) / n_tok.clamp_min(1)[:, None],
         max=imp.amax(1),
         n_tokens=n_tok,
@@ -696,12 +698,13 @@ def plnd_scores(
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     attention_mask = attention_mask.to(device)
     valid = OnDevices(attention_mask.to(torch.bool))  # the token mask, per device
+    full = bool(attention_mask.all())  # no pad in the batch: nothing to mask out
 
     keep = None if layers is None else set(layers)
     results: dict[Key, NeuronScores] = {}
 
     def store(layer: int, part: str, imp: torch.Tensor) -> None:
-        results[(layer, part)] = reduce_tokens(imp, valid(imp.device), keep_tokens)
+        results[(layer, part)] = reduce_tokens(imp, valid(imp.device), keep_tokens, full)
 
     handles = []
     errors: dict[int, torch.Tensor] = {}  # checked once after the forward pass
