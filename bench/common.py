@@ -1,4 +1,4 @@
-"""Pieces shared by the bench scripts: arguments, texts, batches, timing."""
+"""Pieces shared by the bench scripts: arguments, texts, timing."""
 
 from __future__ import annotations
 
@@ -37,20 +37,6 @@ def texts_of(corpus: str, lang: str, n: int) -> list[str]:
     """The first ``n`` texts of ``lang`` in a bundled-format corpus, shortest first."""
     table = read_parquet(corpus, ["lang", "text"])
     return sorted(table.filter(pc.equal(table["lang"], lang))["text"].to_pylist()[:n], key=len)
-
-
-def right_padded_batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> list:
-    return [
-        tokenizer(
-            texts[i : i + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-            truncation=True,
-            max_length=max_length,
-        )
-        for i in range(0, len(texts), batch_size)
-    ]
 
 
 def timed(fn: Callable[[], None]) -> float:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import threading
@@ -42,7 +41,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from common import texts_of, timed
+from common import alternate, texts_of, timed
 
 from workflow_scripts.models.anatomy import ffn_sites, mlp_sites
 from workflow_scripts.models.hooks import activation_hooks
@@ -99,14 +98,9 @@ def windows(tokenizer, texts: list[str], length: int, n: int) -> torch.Tensor:
 def compare(base: Callable, stage: Callable, rounds: int) -> tuple[float, float, float]:
     """Median seconds of ``base`` and ``stage`` over alternating rounds (after one warm-up
     of each) and the stage's peak memory above the process's level (MiB)."""
-    timed(base)
-    with PeakMemory() as mem:
+    with PeakMemory() as mem:  # the stage's warm-up
         timed(stage)
-    tb, ts = [], []
-    for _ in range(rounds):
-        tb.append(timed(base))
-        ts.append(timed(stage))
-    return statistics.median(tb), statistics.median(ts), mem.peak
+    return *alternate(base, stage, rounds), mem.peak
 
 
 def direct_ffn_seconds(model, batch: dict, sample: int = 16) -> float:
@@ -208,7 +202,7 @@ def bench_length(model, tok, texts, length: int, args) -> list[dict]:
         ("plnd_all", "PLND, FFN+Q+K+V+O", trunk, plnd(PARTS)),
         ("perplexity", "perplexity", with_head, ppl),
     ]
-    rows = []
+    rows, direct = [], None
     for key, name, base, stage in stages:
         if key not in args.stages:
             continue
@@ -225,7 +219,8 @@ def bench_length(model, tok, texts, length: int, args) -> list[dict]:
             "speedup": None,
         }
         if key in ("plnd_ffn", "plnd_all"):
-            direct = direct_ffn_seconds(model, batches[0]) * len(batches)
+            if direct is None:  # once per length, for both PLND rows
+                direct = direct_ffn_seconds(model, batches[0]) * len(batches)
             row["speedup"] = direct / ts
         rows.append(row)
         print(
