@@ -378,7 +378,9 @@ def qk_importance(
     """
     if site.qk_norm_over_projection():
         return qk_importance_direct(site, st, parts, max_elements)
-    tile = None if st.raw.device.type == "cpu" else max_elements  # CPU: the path's own
+    # CPU: the path's own tiles; elsewhere eager tiles, of which tile_change holds up to
+    # four at once: 3/4 of the budget each (models/memory.py counts three budgets)
+    tile = None if st.raw.device.type == "cpu" else max(1, max_elements * 3 // 4)
     out = qk_importance_tiled(site, st, parts, tile, valid)
     if all(bool(imp.isfinite().all()) for imp in out.values()):
         return out
