@@ -12,7 +12,7 @@ rule convert_gguf:
         model=models_of_kind("gguf"),
     conda:
         ENV
-    threads: 2
+    threads: 1  # dequantizes on one core (numpy), beside the other first jobs
     resources:
         mem_mb=lambda wc: 2 * model_resources(wc.model, "mem_mb"),
         runtime=30,
