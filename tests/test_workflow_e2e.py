@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -13,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import load_config, run_snakemake
 
+from workflow_scripts.config import REPO
 from workflow_scripts.evaluation.ablation import MATRIX_SCHEMA
 
 pytestmark = pytest.mark.slow
@@ -130,6 +133,25 @@ def test_logs_and_benchmarks(workflow_run):
         bench = res / "benchmarks" / f"{job}.tsv"
         assert bench.read_text().startswith("s\t"), job
     assert "loss" in (res / "logs" / "pretrain_tiny" / "tq.log").read_text()
+    # bench/jobs.py reads these files: one row per rule, tq's jobs only with --model
+    report = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "jobs.py"),
+            "--root",
+            str(res / "benchmarks"),
+            "--model",
+            "tq",
+            "--slowest",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rules = {line.split()[0] for line in report.splitlines()[3:] if line.strip()}
+    assert {"pretrain_tiny", "count_activations"} <= rules, report
+    assert "tg" not in report and "prepare_corpus" not in report, report
 
 
 def test_second_run_has_nothing_to_do(workflow_run, capsys):
