@@ -355,6 +355,21 @@ def test_q_k_match_direct(run):
         assert run.scores[(site.layer, "q")].tokens[:, 0].abs().max() < 1e-12
 
 
+def test_q_k_reuse_the_forward_projections(run, monkeypatch):
+    """q/k/v come from the projections' outputs in the forward pass, not a second call."""
+
+    def again(*_args, **_kwargs):
+        raise AssertionError("q/k/v projected a second time")
+
+    monkeypatch.setattr(AttentionSite, "project", again)
+    enc = run.enc
+    scores = plnd_scores(
+        run.model, enc["input_ids"], enc["attention_mask"], parts=("q", "k"), keep_tokens=True
+    )
+    for key, got in scores.items():
+        torch.testing.assert_close(got.tokens, run.scores[key].tokens, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
 def test_tiles_equal_the_full_score_matrix(run, fused):
     """Tiny query blocks and dim chunks (every tile boundary, causal key ranges, the

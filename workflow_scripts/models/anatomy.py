@@ -363,12 +363,23 @@ class AttentionSite:
         d = self.head_dim  # interleaved: no grouped-query attention (n_kv == n_heads)
         return self.qkv, (c // d) * 3 * d + "qkv".index(part) * d + c % d
 
+    def projections(self) -> tuple[nn.Module, ...]:
+        """The modules whose outputs :meth:`split` turns into ``(q, k, v)``."""
+        return (self.q, self.k, self.v) if self.qkv is None else (self.qkv,)
+
     def project(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(q, k, v)`` projections ``[B, T, heads * head_dim]`` of ``hidden`` (views of one
         output when fused)."""
+        return self.split([module(hidden) for module in self.projections()])
+
+    def split(
+        self, outputs: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(q, k, v)`` from the outputs of :meth:`projections`, in their order."""
         if self.qkv is None:
-            return self.q(hidden), self.k(hidden), self.v(hidden)
-        out = self.qkv(hidden)
+            q, k, v = outputs
+            return q, k, v
+        (out,) = outputs
         if self.qkv_layout == "concat":
             nq, nk = self.size("q"), self.size("k")
             return out[..., :nq], out[..., nq : nq + nk], out[..., nq + nk :]

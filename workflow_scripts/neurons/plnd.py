@@ -49,7 +49,7 @@ import inspect
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -218,11 +218,14 @@ def attention_state(
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
     attention_mask: object,
+    projected: Sequence[torch.Tensor] | None = None,
 ) -> AttentionState:
     """Recompute q, k (pre/post norm and RoPE), v and the attention probabilities.
 
     Uses the stock projections and norms, the rotary ``(cos, sin)`` and the mask that the
     decoder layer passed to the attention module (bool, additive float, or ``None``).
+    ``projected``: the outputs of ``site.projections()`` on ``hidden_states`` when already
+    at hand (captured during the forward pass), so they are not computed again.
     """
     if position_embeddings is None:
         raise NotImplementedError(f"layer {site.layer}: no position_embeddings (RoPE) kwarg")
@@ -232,7 +235,10 @@ def attention_state(
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(bsz, seq, -1, site.head_dim).transpose(1, 2)
 
-    q_flat, k_flat, v_flat = site.project(hidden_states)
+    if projected is None:
+        q_flat, k_flat, v_flat = site.project(hidden_states)
+    else:
+        q_flat, k_flat, v_flat = site.split(projected)
     q_pre, k_pre, v = heads(q_flat), heads(k_flat), heads(v_flat)
     whole = site.qk_norm_over_projection()  # OLMo 2: the norm before the split into heads
     q, k = q_pre, k_pre
@@ -489,15 +495,17 @@ def qk_importance_tiled(
         c = max(1, min(dim, max_elements // (len(docs) * heads * (t1 - t0) * (k1 - k0))))
         raw = st.raw[d, :, None, rows, keys]  # [docs, H, 1, rows, keys]
         probs = st.probs[d, :, None, rows, keys]
+        if fast:  # contiguous tiles: strides guard no recompiles (copied once per span)
+            raw, probs = raw.contiguous(), probs.contiguous()
         for part, (r0, r1, c0, c1, g, per_query) in terms.items():
             for dc in _chunks(dim, c):
                 row, col = (d, slice(None), dc, rows, None), (d, slice(None), dc, None, keys)
                 gq = g[row] if g is not None and per_query else None
                 gk = g[col] if g is not None and not per_query else None
-                args = (raw, probs, r0[row], r1[row], c0[col], c1[col], gq, gk)
-                if fast:  # contiguous tiles: strides guard no recompiles
-                    args = tuple(None if t is None else t.contiguous() for t in args)
-                change = kernel(*args)
+                terms_tile = (r0[row], r1[row], c0[col], c1[col], gq, gk)
+                if fast:
+                    terms_tile = tuple(None if t is None else t.contiguous() for t in terms_tile)
+                change = kernel(raw, probs, *terms_tile)
                 out[part][d, :, dc, rows] = change
     result = {}
     if "q" in out:
@@ -733,6 +741,11 @@ def plnd_scores(
 
         return hook
 
+    projected: dict[int, list[torch.Tensor]] = {}  # q/k/v outputs, kept for attn_hook
+
+    def projection_hook(site: AttentionSite) -> Callable:
+        return lambda _m, _args, output: projected.setdefault(site.layer, []).append(output)
+
     def attn_hook(site: AttentionSite, cache: dict[int, torch.Tensor]) -> Callable:
         # the positional parameters of this module's own forward (Llama: hidden_states,
         # position_embeddings, attention_mask; GPT-NeoX and Bloom order them otherwise)
@@ -742,8 +755,11 @@ def plnd_scores(
             named = dict(zip(names, args, strict=False))
             named.update(kwargs)
             x = named["hidden_states"]
+            outputs = projected.pop(site.layer, [])
+            if len(outputs) != len(site.projections()):  # not called once each: recompute
+                outputs = None
             st = attention_state(
-                site, x, named.get("position_embeddings"), named.get("attention_mask")
+                site, x, named.get("position_embeddings"), named.get("attention_mask"), outputs
             )
             if verify:
                 errors[site.layer] = _o_in_error(site, st, cache.pop(site.layer), valid(x.device))
@@ -822,6 +838,8 @@ def plnd_scores(
                     handles.append(
                         site.attn.register_forward_hook(attn_hook(site, o_cache), with_kwargs=True)
                     )
+                    for module in site.projections():
+                        handles.append(module.register_forward_hook(projection_hook(site)))
         base = getattr(model, "base_model", model)
         with torch.no_grad():
             base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
