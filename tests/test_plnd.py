@@ -492,8 +492,16 @@ def test_reductions_and_chunking(tiny_tokenizer):
         assert torch.allclose(s.sum, tok.sum(1))
         assert torch.allclose(s.max, tok.amax(1))
         assert torch.allclose(s.rms, s.l2 / n[:, None].sqrt())
-        assert tiny_chunks[key].tokens is None
-        assert torch.allclose(tiny_chunks[key].l2, s.l2, rtol=1e-12), key
+        assert tiny_chunks[key].tokens is None  # FFN and O: norms of the unscaled input
+        for reduction in ("l2", "mean", "max"):
+            got, want = tiny_chunks[key].get(reduction), s.get(reduction)
+            assert torch.allclose(got, want, rtol=1e-12), (key, reduction)
+    one = tiny_tokenizer(TEXTS[:1], return_tensors="pt")  # no pad: nothing masked
+    kept = plnd_scores(model, one["input_ids"], one["attention_mask"], keep_tokens=True)
+    for key, s in plnd_scores(model, one["input_ids"], one["attention_mask"]).items():
+        tok = kept[key].tokens
+        for reduction, want in (("l2", tok.norm(dim=1)), ("max", tok.amax(1))):
+            assert torch.allclose(s.get(reduction), want, rtol=1e-12), (key, reduction)
     with pytest.raises(ValueError, match="unknown reduction"):
         s.get("median")
     only = plnd_scores(model, enc["input_ids"], enc["attention_mask"], parts=("q",), layers=[1])

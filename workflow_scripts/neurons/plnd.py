@@ -84,9 +84,14 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------- per-token importance
 
 
+def ffn_scale(site: MLPSite) -> torch.Tensor:
+    """``[I]``: ``||W_down[:, k]||``, the FFN importance per unit of ``|h_ffn[k]|``."""
+    return site.down_weight().norm(dim=0)
+
+
 def ffn_importance(site: MLPSite, h_ffn: torch.Tensor) -> torch.Tensor:
     """``[B, T, I]``: ``|h_ffn[k]| * ||W_down[:, k]||`` (``h_ffn`` = input of the down proj)."""
-    return h_ffn.abs() * site.down_weight().norm(dim=0).to(h_ffn.dtype)
+    return h_ffn.abs() * ffn_scale(site).to(h_ffn.dtype)
 
 
 def expert_importance(
@@ -111,9 +116,9 @@ def expert_importance(
     return out
 
 
-def o_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
-    """``[B, T, n_heads*D]``: ``|o_in[c]| * ||W_o[:, c]||`` (``o_in`` = input of o_proj)."""
-    return o_in.abs() * site.o_weight().norm(dim=0).to(o_in.dtype)
+def o_scale(site: AttentionSite) -> torch.Tensor:
+    """``[n_heads*D]``: ``||W_o[:, c]||``, the O importance per unit of ``|o_in[c]|``."""
+    return site.o_weight().norm(dim=0)
 
 
 def v_importance(site: AttentionSite, o_in: torch.Tensor) -> torch.Tensor:
@@ -659,6 +664,31 @@ def reduce_tokens(
     )
 
 
+def reduce_scaled(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    valid: torch.Tensor,
+    keep_tokens: bool = False,
+    full: bool = False,
+) -> NeuronScores:
+    """:func:`reduce_tokens` of ``|x| * scale`` (``x`` ``[B, T, n]``, ``scale`` ``[n] >= 0``)
+    without forming that product: over the tokens, the l2, mean and max of ``|x|`` are
+    norms of ``x`` of order 2, 1 and inf (one pass each, no temporary), times ``scale``."""
+    scale = scale.to(x.dtype)
+    if keep_tokens:
+        return reduce_tokens(x.abs() * scale, valid, keep_tokens, full)
+    if not full:
+        x = torch.where(valid[..., None], x, x.new_zeros(()))  # drops NaN at pads
+    n_tok = valid.sum(1).to(x.dtype)
+    norm = torch.linalg.vector_norm
+    return NeuronScores(
+        l2=norm(x, 2, dim=1) * scale,
+        mean=norm(x, 1, dim=1) * (scale / n_tok.clamp_min(1)[:, None]),
+        max=norm(x, float("inf"), dim=1) * scale,
+        n_tokens=n_tok,
+    )
+
+
 def _o_in_error(
     site: AttentionSite, st: AttentionState, o_in: torch.Tensor, valid: torch.Tensor
 ) -> torch.Tensor:
@@ -717,12 +747,16 @@ def plnd_scores(
     def store(layer: int, part: str, imp: torch.Tensor) -> None:
         results[(layer, part)] = reduce_tokens(imp, valid(imp.device), keep_tokens, full)
 
+    def store_scaled(layer: int, part: str, x: torch.Tensor, scale: torch.Tensor) -> None:
+        """Store ``|x| * scale`` (:func:`reduce_scaled`)."""
+        results[(layer, part)] = reduce_scaled(x, scale, valid(x.device), keep_tokens, full)
+
     handles = []
     errors: dict[int, torch.Tensor] = {}  # checked once after the forward pass
 
     def ffn_hook(site: MLPSite) -> Callable:
         if variant == "paper":
-            return lambda _m, args: store(site.layer, "ffn", ffn_importance(site, args[0]))
+            return lambda _m, args: store_scaled(site.layer, "ffn", args[0], ffn_scale(site))
         cols = site.up_source()[1]
         return lambda _m, _args, output: store(site.layer, "ffn", output[..., cols].abs())
 
@@ -731,7 +765,7 @@ def plnd_scores(
             o_in = args[0]
             cache[site.layer] = o_in
             if "o" in parts:
-                store(site.layer, "o", o_importance(site, o_in))
+                store_scaled(site.layer, "o", o_in, o_scale(site))
             if "v" in parts:
                 store(site.layer, "v", v_importance(site, o_in))
             if variant == "released":
