@@ -13,6 +13,7 @@ import torch
 from conftest import load_config
 
 from workflow_scripts.config import validate_config
+from workflow_scripts.evaluation import generation
 from workflow_scripts.evaluation.bootstrap import bootstrap_interval
 from workflow_scripts.evaluation.cases import COLUMNS as CASE_COLUMNS
 from workflow_scripts.evaluation.cases import Case, cases_html, cases_table
@@ -230,12 +231,20 @@ def test_greedy_continuations_are_deterministic_and_stop(tiny_model, tiny_tokeni
     assert cut == [a[1][0][:2], a[1][1], a[1][2]]
 
 
-def test_continuation_nll_is_a_direct_log_likelihood(tiny_model, tiny_tokenizer, sentences):
+@pytest.mark.parametrize("head_positions", [1, 4, 10**6])  # head calls: per batch .. one
+def test_continuation_nll_is_a_direct_log_likelihood(
+    tiny_model, tiny_tokenizer, sentences, monkeypatch, head_positions
+):
+    monkeypatch.setattr(generation, "HEAD_POSITIONS", head_positions)
     model = tiny_model("gemma3_text").double()  # softcapped logits
     prompts = [sentences["fr"][0], sentences["de"][1] + " " + sentences["de"][2]]
+    prompts += [sentences["en"][0], sentences["zh"][1]]
     prompt_ids, new_ids = greedy_continuations(model, tiny_tokenizer, prompts, 5)
     new_ids[1] = new_ids[1][:3]
+    new_ids[2] = []  # skipped, the others still scored
     got = continuation_nll(model, prompt_ids, new_ids, batch_size=2)
+    assert math.isnan(got[2][0]) and got[2][1] == 0
+    del prompt_ids[2], new_ids[2], got[2]
     for p, n, (total, count) in zip(prompt_ids, new_ids, got, strict=True):
         ids = torch.tensor([p + n])
         with torch.no_grad():

@@ -21,10 +21,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from workflow_scripts.evaluation.perplexity import chunked_nll
+from workflow_scripts.evaluation.perplexity import MAX_LOGITS, VOCAB_SLICE, chunked_nll
 from workflow_scripts.models.anatomy import lm_head, logit_softcap
 from workflow_scripts.models.padding import pad_id, right_padded, stop_token_ids
 from workflow_scripts.models.placement import input_device
+
+# continuation positions scored per LM-head call: chunked_nll's chunk, one weight read each
+HEAD_POSITIONS = MAX_LOGITS // VOCAB_SLICE
 
 
 def _cut(ids: Sequence[int], stops: set[int]) -> list[int]:
@@ -105,12 +108,30 @@ def continuation_nll(
     batch_size: int = 8,
 ) -> list[tuple[float, int]]:
     """``(summed NLL, n tokens)`` of each continuation given its prompt (teacher forcing);
-    ``(nan, 0)`` for an empty continuation."""
+    ``(nan, 0)`` for an empty continuation.
+
+    The trunk runs ``batch_size`` sequences at a time; the continuations' hidden states
+    are gathered over batches and scored by the LM head together, at least
+    ``HEAD_POSITIONS`` positions per call, so the head's weight (Gemma: 262k x 640) is
+    read once per call rather than once per sequence.
+    """
     pad = 0
     device = input_device(model)
     trunk, head, cap = model.base_model, lm_head(model), logit_softcap(model)
     out: list[tuple[float, int]] = [(math.nan, 0)] * len(prompt_ids)
     todo = [i for i, n in enumerate(new_ids) if n]
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (index, hidden, targets)
+
+    def score_pending() -> None:
+        hidden = torch.cat([h for _, h, _ in pending])
+        targets = torch.cat([t for *_, t in pending])
+        sizes = torch.tensor([h.shape[0] for _, h, _ in pending], device=hidden.device)
+        rows = torch.repeat_interleave(torch.arange(len(pending), device=hidden.device), sizes)
+        sums = chunked_nll(head, hidden, targets, cap, rows, len(pending)).tolist()
+        for (i, h, _), total in zip(pending, sums, strict=True):
+            out[i] = (total, h.shape[0])
+        pending.clear()
+
     was_training = model.training
     model.eval()
     try:
@@ -121,9 +142,12 @@ def continuation_nll(
             hidden = trunk(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
             for r, i in enumerate(rows):
                 p, n = len(prompt_ids[i]), len(new_ids[i])
-                h = hidden[r, p - 1 : p + n - 1].contiguous()  # position t predicts t + 1
-                target = input_ids[r, p : p + n]
-                out[i] = (float(chunked_nll(head, h, target, cap)), n)
+                # position t predicts t + 1; a copy, so the batch's hidden states are freed
+                pending.append((i, hidden[r, p - 1 : p + n - 1].clone(), input_ids[r, p : p + n]))
+            if sum(h.shape[0] for _, h, _ in pending) >= HEAD_POSITIONS:
+                score_pending()
+        if pending:
+            score_pending()
     finally:
         model.train(was_training)
     return out
