@@ -449,11 +449,16 @@ def qk_importance_tiled(
     s, lowest = site.scaling, torch.finfo(st.raw.dtype).min
     kv = site.kv_index(st.q.device)
 
+    kernel = compiled_tile_change() if use_compiled(st.q, compiled) else tile_change
+    fast = kernel is not tile_change
+
     def dims_last(x: torch.Tensor, *factors: torch.Tensor) -> torch.Tensor:
-        """``x`` times ``factors`` (``[B, H|1, T, D]``), as contiguous ``[B, H, D, T]``."""
+        """``x`` times ``factors`` (``[B, H|1, T, D]``) as ``[B, H, D, T]``: contiguous for
+        the eager tiles; a view for the compiled ones, whose tiles are copied anyway."""
         for f in factors:
             x = x * f
-        return x.transpose(-1, -2).contiguous()
+        x = x.transpose(-1, -2)
+        return x if fast else x.contiguous()
 
     cos, sin = st.cos[:, None], st.sin[:, None]
     # per part: (row terms r0, r1 per query, column terms c0, c1 per key, g = f - 1 of
@@ -486,8 +491,6 @@ def qk_importance_tiled(
         )
     allowed = st.bias > lowest / 2
     out = {part: st.q.new_zeros(bsz, heads, dim, seq) for part in parts}
-    kernel = compiled_tile_change() if use_compiled(st.q, compiled) else tile_change
-    fast = kernel is not tile_change
     block = block or (COMPILED_QUERY_BLOCK if fast else QUERY_BLOCK)
     max_elements = max_elements or (COMPILED_TILE_ELEMENTS if fast else TILE_ELEMENTS)
     groups: dict[tuple, list[int]] = {}  # documents that share a tile's rows and keys
