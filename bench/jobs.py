@@ -7,9 +7,10 @@
 Each rule declares ``benchmark:`` (``results/benchmarks/<rule>/<wildcards>.tsv``), which
 Snakemake writes with the job's wall time ``s``, peak resident memory ``max_rss`` (MB) and
 CPU time. This prints one row per rule (jobs, total / mean / longest seconds, peak RSS)
-and the slowest jobs. ``--model`` keeps the jobs whose first wildcard directory is that
-model (``<rule>/<model>/...``). Job seconds add up to more than the wall clock when jobs
-run side by side (``--cores 2`` with one-thread jobs): time the run itself for that.
+and the slowest jobs. ``--model`` keeps the jobs whose first wildcard is that model
+(``<rule>/<model>.tsv`` or ``<rule>/<model>/...``). Job seconds add up to more than the
+wall clock when jobs run side by side (``--cores 2`` with one-thread jobs): time the run
+itself for that.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def read_jobs(root: Path, model: str | None = None) -> list[Job]:
     jobs = []
     for path in sorted(root.rglob("*.tsv")):
         parts = path.relative_to(root).with_suffix("").parts
-        if model is not None and (len(parts) < 3 or parts[1] != model):
+        if model is not None and (len(parts) < 2 or parts[1] != model):
             continue
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("results/benchmarks"))
     parser.add_argument(
-        "--model", help="only this model's jobs (results/benchmarks/<rule>/<model>/)"
+        "--model", help="only this model's jobs (results/benchmarks/<rule>/<model>[.tsv|/])"
     )
     parser.add_argument("--slowest", type=int, default=10, help="list this many slowest jobs")
     parser.add_argument("--markdown", action="store_true", help="Markdown tables")
