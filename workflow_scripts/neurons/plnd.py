@@ -330,36 +330,6 @@ def tile_change(
     return sq.clamp_min(0).sqrt() / (1 + a)
 
 
-def tile_change_at(
-    raw: torch.Tensor,
-    probs: torch.Tensor,
-    terms: tuple,
-    docs: torch.Tensor | None,
-    t0: int,
-    t1: int,
-    k0: int,
-    k1: int,
-    d0: int,
-    d1: int,
-) -> torch.Tensor:
-    """:func:`tile_change` of the tile at query rows ``t0:t1``, keys ``k0:k1`` and dims
-    ``d0:d1`` (documents ``docs``, all if ``None``) of the whole layer's ``raw`` / ``probs``
-    ``[B, H, T, T]`` and ``terms`` ``(r0, r1, c0, c1, g, per_query)`` (each ``[B, H, D,
-    T]``): sliced here, so the fused kernel reads the tile in place (no copy per tile)."""
-    r0, r1, c0, c1, g, per_query = terms
-    rows, keys, dims = slice(t0, t1), slice(k0, k1), slice(d0, d1)
-    row, col = (
-        (slice(None), slice(None), dims, rows, None),
-        (slice(None), slice(None), dims, None, keys),
-    )
-    tile = [raw[:, :, None, rows, keys], probs[:, :, None, rows, keys], r0[row], r1[row]]
-    tile += [c0[col], c1[col], g[row] if g is not None and per_query else None]
-    tile += [g[col] if g is not None and not per_query else None]
-    if docs is not None:  # the tile's documents (sliced first: eager copies only the tile)
-        tile = [None if x is None else x[docs] for x in tile]
-    return tile_change(*tile)
-
-
 def use_compiled(q: torch.Tensor, compiled: bool | None = None) -> bool:
     """Whether the Q/K tiles go through the fused kernel: ``compiled`` if given, else on
     CPU where a layer's cells ``H * D * T * T`` reach :data:`COMPILE_MIN_CELLS` (Gemma 3
@@ -375,17 +345,17 @@ def use_compiled(q: torch.Tensor, compiled: bool | None = None) -> bool:
 
 
 def compiled_tile_change() -> Callable | None:
-    """:func:`tile_change_at` through ``torch.compile``, or ``None`` where compiling failed
-    (no C++ compiler: logged once, then the eager ops serve). A few graphs (Q or K, the
-    first block or a later one, all documents or some): dynamic sizes and offsets not tied
-    to each other by equal values at the first call, and the sums over keys fused with the
-    exp (:data:`_INDUCTOR`)."""
+    """:func:`tile_change` through ``torch.compile``, or ``None`` where compiling failed
+    (no C++ compiler: logged once, then the eager ops serve). One graph per kind of norm
+    factor: contiguous tiles (views' strides would guard recompiles), dynamic sizes not
+    tied to each other by equal values at the first call, and the sums over keys fused
+    with the exp (:data:`_INDUCTOR`)."""
     if "fn" not in _compiled:
         import torch._dynamo.config as dynamo
         import torch._inductor.config as inductor
         from torch.fx.experimental import _config as fx
 
-        fn = torch.compile(tile_change_at, dynamic=True)
+        fn = torch.compile(tile_change, dynamic=True)
 
         def guarded(*args):
             if _compiled.get("fn") is not None:
@@ -399,7 +369,7 @@ def compiled_tile_change() -> Callable | None:
                 except Exception as err:  # the backend's compiler failed: fall back
                     log.warning("PLND Q/K: torch.compile failed (%s); eager ops instead", err)
                     _compiled["fn"] = None
-            return tile_change_at(*args)
+            return tile_change(*args)
 
         _compiled["fn"] = guarded
     return _compiled["fn"]
@@ -518,24 +488,32 @@ def qk_importance_tiled(
         )
     allowed = st.bias > lowest / 2
     out = {part: st.q.new_zeros(bsz, heads, dim, seq) for part in parts}
-    compiled_kernel = compiled_tile_change() if use_compiled(st.q, compiled) else None
-    kernel = compiled_kernel or tile_change_at
-    block = block or (COMPILED_QUERY_BLOCK if compiled_kernel else QUERY_BLOCK)
-    max_elements = max_elements or (COMPILED_TILE_ELEMENTS if compiled_kernel else TILE_ELEMENTS)
+    kernel = compiled_tile_change() if use_compiled(st.q, compiled) else tile_change
+    fast = kernel is not tile_change
+    block = block or (COMPILED_QUERY_BLOCK if fast else QUERY_BLOCK)
+    max_elements = max_elements or (COMPILED_TILE_ELEMENTS if fast else TILE_ELEMENTS)
     groups: dict[tuple, list[int]] = {}  # documents that share a tile's rows and keys
     for b, spans in enumerate(_spans(allowed.expand(bsz, -1, -1, -1), valid, block)):
         for span in spans:
             groups.setdefault(span, []).append(b)
     for (t0, t1, k0, k1), docs in groups.items():
-        index = None if len(docs) == bsz else torch.tensor(docs, device=st.q.device)
-        d = docs if len(docs) < bsz else slice(None)
+        rows, keys = slice(t0, t1), slice(k0, k1)
+        d = docs if len(docs) < bsz else slice(None)  # a view where all documents share it
         c = max(1, min(dim, max_elements // (len(docs) * heads * (t1 - t0) * (k1 - k0))))
-        for part, part_terms in terms.items():
+        raw = st.raw[d, :, None, rows, keys]  # [docs, H, 1, rows, keys]
+        probs = st.probs[d, :, None, rows, keys]
+        if fast:  # contiguous tiles: strides guard no recompiles (copied once per span)
+            raw, probs = raw.contiguous(), probs.contiguous()
+        for part, (r0, r1, c0, c1, g, per_query) in terms.items():
             for dc in _chunks(dim, c):
-                change = kernel(
-                    st.raw, st.probs, part_terms, index, t0, t1, k0, k1, dc.start, dc.stop
-                )
-                out[part][d, :, dc, t0:t1] = change
+                row, col = (d, slice(None), dc, rows, None), (d, slice(None), dc, None, keys)
+                gq = g[row] if g is not None and per_query else None
+                gk = g[col] if g is not None and not per_query else None
+                terms_tile = (r0[row], r1[row], c0[col], c1[col], gq, gk)
+                if fast:
+                    terms_tile = tuple(None if t is None else t.contiguous() for t in terms_tile)
+                change = kernel(raw, probs, *terms_tile)
+                out[part][d, :, dc, rows] = change
     result = {}
     if "q" in out:
         result["q"] = out["q"].permute(0, 3, 1, 2).reshape(bsz, seq, heads * dim)
