@@ -29,7 +29,7 @@ def test_repo_config_is_valid_and_defaults_are_filled(config):
     act = cfg["actcount"]
     assert act["n_prompts"] == config["actcount"]["n_prompts"]  # given values kept
     assert act["select_proportion"] == 0.2
-    assert act["batch_size"] == 8 and act["split"] == "eval" and act["chat_template"] == "auto"
+    assert act["max_length"] == 1024 and act["split"] == "eval" and act["chat_template"] == "auto"
     assert act["prompt_prefix"] == 0.5
     corpus = cfg["corpora"]["bundled"]
     assert corpus["min_chars"] == 20 and corpus["max_docs"] == 20000
